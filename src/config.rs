@@ -1,0 +1,839 @@
+//! The one place that turns the TOML file into validated [`Settings`]
+//! (`shared/spec/agent-interface.md`). `run`, `config check` and the service
+//! all load through [`load`]. Unknown keys are errors; every error names the
+//! file, the line and the key. Units live in key names (`min_interval_s`,
+//! `flush_interval_ms`) and become `Duration`s here, once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::protocol::{prolan202, prolan501, UnitId};
+
+/// The validated configuration of one agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub agent: AgentSettings,
+    pub devices: Vec<DeviceSettings>,
+    pub store: StoreSettings,
+    pub sinks: Vec<SinkSettings>,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentSettings {
+    pub id: String,
+    pub location: Option<String>,
+    /// Absolute, or relative to the configuration file's folder.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Model {
+    Prolan202,
+    Prolan501,
+    /// An in-process ProLAN-501 with simulated remotes (demo and tests).
+    Simulator,
+}
+
+impl Model {
+    /// The name used in the configuration and in every event's `model`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Prolan202 => "prolan-202",
+            Model::Prolan501 => "prolan-501",
+            Model::Simulator => "simulator",
+        }
+    }
+
+    pub fn default_baud(self) -> u32 {
+        match self {
+            Model::Prolan202 => prolan202::DEFAULT_BAUD,
+            Model::Prolan501 | Model::Simulator => prolan501::DEFAULT_BAUD,
+        }
+    }
+
+    /// How long the spec's duplicate window lasts for this model.
+    pub fn duplicate_window(self) -> Duration {
+        match self {
+            Model::Prolan202 => Duration::from_secs(10 * 60),
+            Model::Prolan501 | Model::Simulator => Duration::from_secs(30),
+        }
+    }
+
+    /// Nothing valid for three heartbeat periods: the device is silent.
+    pub fn silence_after(self) -> Duration {
+        let period_s = match self {
+            Model::Prolan202 => prolan202::HEARTBEAT_PERIOD_S,
+            Model::Prolan501 | Model::Simulator => prolan501::HEARTBEAT_PERIOD_S,
+        };
+        Duration::from_secs(3 * period_s)
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+/// Where a device is attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSetting {
+    /// A device path (`/dev/ttyACM0`, `/dev/serial/by-id/...`) or a COM name.
+    Path(String),
+    /// Found at every (re)connect: by USB ids when given, else by asking
+    /// every free serial port for its identity.
+    Auto(AutoMatch),
+    /// The simulator has no port.
+    None,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AutoMatch {
+    pub usb_vid: Option<u16>,
+    pub usb_pid: Option<u16>,
+    /// The keypad serial or receiver id the identity reply must carry.
+    pub hardware_id: Option<UnitId>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceSettings {
+    pub name: String,
+    pub model: Model,
+    pub port: PortSetting,
+    pub baud: u32,
+    pub question: Option<String>,
+    /// Key (1-16) → answer. Keys not listed produce `answer = null`.
+    pub keymap: BTreeMap<u8, String>,
+    /// Presses of one unit closer than this to its previous press are kept
+    /// but marked suppressed. Zero turns anti-spam off.
+    pub min_interval: Duration,
+    /// Send the ACK to the device once a press is committed.
+    pub ack: bool,
+    pub simulator: SimulatorSettings,
+}
+
+/// Only meaningful for `model = "simulator"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimulatorSettings {
+    pub remotes: u32,
+    pub presses_per_min: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreSettings {
+    pub retention: Duration,
+    pub max_size_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SinkSettings {
+    pub name: String,
+    pub kind: SinkKind,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SinkKind {
+    Http(HttpSinkSettings),
+    File(FileSinkSettings),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpSinkSettings {
+    pub url: String,
+    pub format: HttpFormat,
+    pub token: TokenSource,
+    pub gzip: bool,
+    pub timeout: Duration,
+    pub proxy: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpFormat {
+    Json,
+    Ndjson,
+}
+
+/// Where the bearer token comes from. The token itself is read when the sink
+/// starts and never printed: `Debug` shows only the source.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    None,
+    Inline(String),
+    Environment(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for TokenSource {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::None => formatter.write_str("None"),
+            TokenSource::Inline(_) => formatter.write_str("Inline(<redacted>)"),
+            TokenSource::Environment(name) => write!(formatter, "Environment({name:?})"),
+            TokenSource::File(path) => write!(formatter, "File({path:?})"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSinkSettings {
+    pub dir: PathBuf,
+    pub format: FileFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    Csv,
+    Ndjson,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    /// A tracing filter: `info`, or `epm_agent=debug,warn`.
+    pub level: String,
+    pub json: bool,
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {}: {source}{}", path.display(), read_hint(source))]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: key `{key}`: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+fn read_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => {
+            " (pass --config FILE, set EPM_AGENT_CONFIG, or copy config/epm-agent.toml there)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (is the service user allowed to read it?)"
+        }
+        _ => "",
+    }
+}
+
+/// The configuration file to use: `--config`, else `EPM_AGENT_CONFIG`, else
+/// the platform default.
+pub fn config_path(explicit: Option<&Path>) -> PathBuf {
+    if let Some(path) = explicit {
+        return path.to_path_buf();
+    }
+    if let Some(path) = std::env::var_os("EPM_AGENT_CONFIG").filter(|value| !value.is_empty()) {
+        return PathBuf::from(path);
+    }
+    default_config_path()
+}
+
+#[cfg(windows)]
+fn default_config_path() -> PathBuf {
+    program_data().join("epm-agent").join("epm-agent.toml")
+}
+
+#[cfg(not(windows))]
+fn default_config_path() -> PathBuf {
+    PathBuf::from("/etc/epm-agent/epm-agent.toml")
+}
+
+#[cfg(windows)]
+fn default_data_dir() -> PathBuf {
+    program_data().join("epm-agent").join("data")
+}
+
+#[cfg(not(windows))]
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/epm-agent")
+}
+
+#[cfg(windows)]
+fn program_data() -> PathBuf {
+    std::env::var_os("ProgramData")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Validates `text` as if read from `path` (used for error messages and to
+/// resolve a relative `data_dir`).
+pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+    let locate = |span: Option<Range<usize>>, message: String| {
+        let (line, column, key) = locate_span(text, span.unwrap_or(0..0));
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            column,
+            key,
+            message,
+        }
+    };
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|error| locate(error.span(), error.message().to_string()))?;
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    validate(raw, base_dir).map_err(|invalid| locate(Some(invalid.span), invalid.message))
+}
+
+/// A semantic error found after parsing, at a span of the text.
+struct Invalid {
+    span: Range<usize>,
+    message: String,
+}
+
+fn invalid<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid {
+        span,
+        message: message.into(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    agent: RawAgent,
+    #[serde(default)]
+    device: Vec<Spanned<RawDevice>>,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    sink: Vec<Spanned<RawSink>>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    id: Spanned<String>,
+    location: Option<String>,
+    data_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    name: Spanned<String>,
+    model: Spanned<String>,
+    port: Option<Spanned<String>>,
+    baud: Option<Spanned<u32>>,
+    question: Option<String>,
+    keymap: Option<Spanned<BTreeMap<String, String>>>,
+    min_interval_s: Option<Spanned<f64>>,
+    ack: Option<bool>,
+    usb_vid: Option<Spanned<toml::Value>>,
+    usb_pid: Option<Spanned<toml::Value>>,
+    hardware_id: Option<Spanned<String>>,
+    sim_remotes: Option<Spanned<u32>>,
+    sim_presses_per_min: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    retention_days: Option<Spanned<u32>>,
+    max_size_mb: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    url: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    batch_size: Option<Spanned<u32>>,
+    flush_interval_ms: Option<Spanned<u64>>,
+    max_backoff_s: Option<Spanned<u64>>,
+    timeout_s: Option<Spanned<u64>>,
+    gzip: Option<bool>,
+    proxy: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    allow_insecure_http: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+}
+
+fn validate(raw: RawConfig, base_dir: &Path) -> Result<Settings, Invalid> {
+    let agent = validate_agent(raw.agent, base_dir)?;
+    let mut names = HashSet::new();
+    let mut devices = Vec::with_capacity(raw.device.len());
+    for device in raw.device {
+        let name_span = device.get_ref().name.span();
+        let settings = validate_device(device.into_inner())?;
+        if !names.insert(settings.name.clone()) {
+            return invalid(name_span, format!("device name \"{}\" is used twice", settings.name));
+        }
+        devices.push(settings);
+    }
+    let store = validate_store(raw.store)?;
+    let mut sinks: Vec<SinkSettings> = Vec::with_capacity(raw.sink.len());
+    for sink in raw.sink {
+        let span = sink.span();
+        let settings = validate_sink(sink.into_inner(), base_dir)?;
+        if sinks.iter().any(|other| other.name == settings.name) {
+            return invalid(span, format!("sink name \"{}\" is used twice", settings.name));
+        }
+        sinks.push(settings);
+    }
+    let log = validate_log(raw.log)?;
+    Ok(Settings {
+        agent,
+        devices,
+        store,
+        sinks,
+        log,
+    })
+}
+
+fn validate_agent(raw: RawAgent, base_dir: &Path) -> Result<AgentSettings, Invalid> {
+    let id = non_empty(raw.id)?;
+    let data_dir = match raw.data_dir {
+        Some(dir) => {
+            let dir = non_empty(dir)?;
+            base_dir.join(dir)
+        }
+        None => default_data_dir(),
+    };
+    Ok(AgentSettings {
+        id,
+        location: raw.location,
+        data_dir,
+    })
+}
+
+fn validate_device(raw: RawDevice) -> Result<DeviceSettings, Invalid> {
+    let name_span = raw.name.span();
+    let name = non_empty(raw.name)?;
+    let model = match raw.model.get_ref().as_str() {
+        "prolan-202" => Model::Prolan202,
+        "prolan-501" => Model::Prolan501,
+        "simulator" => Model::Simulator,
+        other => {
+            return invalid(
+                raw.model.span(),
+                format!("unknown model \"{other}\" (expected prolan-202, prolan-501 or simulator)"),
+            )
+        }
+    };
+    let is_simulator = model == Model::Simulator;
+    let auto = AutoMatch {
+        usb_vid: raw.usb_vid.map(usb_id).transpose()?,
+        usb_pid: raw.usb_pid.map(usb_id).transpose()?,
+        hardware_id: match raw.hardware_id {
+            Some(id) => Some(id.get_ref().parse::<UnitId>().or_else(|_| {
+                invalid(id.span(), format!("\"{}\" is not 1 to 8 hex digits", id.get_ref()))
+            })?),
+            None => None,
+        },
+    };
+    let port = match raw.port {
+        None if is_simulator => PortSetting::None,
+        None => {
+            return invalid(
+                name_span.clone(),
+                format!("device \"{name}\" has no `port` (a path, a COM name, or \"auto\")"),
+            )
+        }
+        Some(port) if is_simulator => {
+            return invalid(port.span(), "a simulator has no port: remove the key")
+        }
+        Some(port) if port.get_ref() == "auto" => PortSetting::Auto(auto.clone()),
+        Some(port) => PortSetting::Path(non_empty(port)?),
+    };
+    if auto != AutoMatch::default() && !matches!(port, PortSetting::Auto(_)) {
+        return invalid(
+            name_span.clone(),
+            format!("device \"{name}\": usb_vid, usb_pid and hardware_id apply only to port = \"auto\""),
+        );
+    }
+    let baud = match raw.baud {
+        Some(baud) if !(300..=4_000_000).contains(baud.get_ref()) => {
+            return invalid(baud.span(), format!("{} is not a usable baud rate", baud.get_ref()))
+        }
+        Some(baud) => *baud.get_ref(),
+        None => model.default_baud(),
+    };
+    let mut keymap = BTreeMap::new();
+    if let Some(raw_keymap) = raw.keymap {
+        let span = raw_keymap.span();
+        for (key, answer) in raw_keymap.into_inner() {
+            let key_number = match key.parse::<u8>() {
+                Ok(number @ 1..=16) => number,
+                _ => return invalid(span, format!("keymap key \"{key}\" is not a key number from 1 to 16")),
+            };
+            if answer.trim().is_empty() {
+                return invalid(span, format!("keymap key {key} maps to an empty answer"));
+            }
+            keymap.insert(key_number, answer);
+        }
+    }
+    let min_interval = match raw.min_interval_s {
+        Some(seconds) => seconds_to_duration(seconds)?,
+        None => Duration::ZERO,
+    };
+    let simulator_keys = [
+        raw.sim_remotes.as_ref().map(Spanned::span),
+        raw.sim_presses_per_min.as_ref().map(Spanned::span),
+    ];
+    if !is_simulator {
+        if let Some(span) = simulator_keys.into_iter().flatten().next() {
+            return invalid(span, "sim_* keys apply only to model = \"simulator\"");
+        }
+    }
+    let remotes = match raw.sim_remotes {
+        Some(count) if !(1..=1000).contains(count.get_ref()) => {
+            return invalid(count.span(), "sim_remotes must be from 1 to 1000")
+        }
+        Some(count) => *count.get_ref(),
+        None => 3,
+    };
+    let presses_per_min = match raw.sim_presses_per_min {
+        Some(rate) if !(rate.get_ref().is_finite() && *rate.get_ref() > 0.0 && *rate.get_ref() <= 6_000_000.0) => {
+            return invalid(rate.span(), "sim_presses_per_min must be above 0 and at most 6000000")
+        }
+        Some(rate) => *rate.get_ref(),
+        None => 20.0,
+    };
+    Ok(DeviceSettings {
+        name,
+        model,
+        port,
+        baud,
+        question: raw.question.filter(|question| !question.is_empty()),
+        keymap,
+        min_interval,
+        ack: raw.ack.unwrap_or(true),
+        simulator: SimulatorSettings {
+            remotes,
+            presses_per_min,
+        },
+    })
+}
+
+/// A USB id as an integer (`0x2341`) or a hex string (`"2341"`).
+fn usb_id(value: Spanned<toml::Value>) -> Result<u16, Invalid> {
+    let span = value.span();
+    let parsed = match value.into_inner() {
+        toml::Value::Integer(number) => u16::try_from(number).ok(),
+        toml::Value::String(text) => {
+            let digits = text.trim_start_matches("0x").trim_start_matches("0X");
+            u16::from_str_radix(digits, 16).ok()
+        }
+        _ => None,
+    };
+    parsed.map_or_else(
+        || invalid(span, "a USB id is 4 hex digits, as a string (\"2341\") or an integer (0x2341)"),
+        Ok,
+    )
+}
+
+fn validate_store(raw: RawStore) -> Result<StoreSettings, Invalid> {
+    let retention_days = match raw.retention_days {
+        Some(days) if *days.get_ref() == 0 => {
+            return invalid(days.span(), "retention_days must be at least 1")
+        }
+        Some(days) => *days.get_ref(),
+        None => 90,
+    };
+    let max_size_mb = match raw.max_size_mb {
+        Some(size) if *size.get_ref() < 16 => {
+            return invalid(size.span(), "max_size_mb must be at least 16")
+        }
+        Some(size) => *size.get_ref(),
+        None => 1024,
+    };
+    Ok(StoreSettings {
+        retention: Duration::from_secs(u64::from(retention_days) * 86_400),
+        max_size_bytes: max_size_mb.saturating_mul(1024 * 1024),
+    })
+}
+
+fn validate_sink(raw: RawSink, base_dir: &Path) -> Result<SinkSettings, Invalid> {
+    let name = non_empty(raw.name)?;
+    let batch_size = match raw.batch_size {
+        Some(size) if !(1..=10_000).contains(size.get_ref()) => {
+            return invalid(size.span(), "batch_size must be from 1 to 10000")
+        }
+        Some(size) => *size.get_ref() as usize,
+        None => 500,
+    };
+    let flush_interval = Duration::from_millis(positive(raw.flush_interval_ms, 1000)?);
+    let max_backoff = Duration::from_secs(positive(raw.max_backoff_s, 300)?);
+    let kind = match raw.kind.get_ref().as_str() {
+        "http" => {
+            if let Some(path) = raw.path {
+                return invalid(path.span(), "`path` applies to file sinks; an http sink has `url`");
+            }
+            let Some(url) = raw.url else {
+                return invalid(raw.kind.span(), format!("http sink \"{name}\" has no `url`"));
+            };
+            let url_span = url.span();
+            let url = non_empty(url)?;
+            check_url(&url, raw.allow_insecure_http.unwrap_or(false))
+                .or_else(|message| invalid(url_span, message))?;
+            let format = choice(
+                raw.format,
+                "http format",
+                &[("json", HttpFormat::Json), ("ndjson", HttpFormat::Ndjson)],
+            )?;
+            let token = token_source(raw.token, raw.token_env, raw.token_file, base_dir)?;
+            HttpSinkSettings {
+                url,
+                format,
+                token,
+                gzip: raw.gzip.unwrap_or(false),
+                timeout: Duration::from_secs(positive(raw.timeout_s, 30)?),
+                proxy: raw.proxy.map(non_empty).transpose()?,
+                ca_file: raw.ca_file.map(non_empty).transpose()?.map(|file| base_dir.join(file)),
+            }
+            .into()
+        }
+        "file" => {
+            let http_only = [
+                raw.url.as_ref().map(|key| ("url", key.span())),
+                raw.token.as_ref().map(|key| ("token", key.span())),
+                raw.token_env.as_ref().map(|key| ("token_env", key.span())),
+                raw.token_file.as_ref().map(|key| ("token_file", key.span())),
+                raw.proxy.as_ref().map(|key| ("proxy", key.span())),
+                raw.ca_file.as_ref().map(|key| ("ca_file", key.span())),
+                raw.timeout_s.as_ref().map(|key| ("timeout_s", key.span())),
+            ];
+            if let Some((key, span)) = http_only.into_iter().flatten().next() {
+                return invalid(span, format!("`{key}` applies to http sinks, not to a file sink"));
+            }
+            let Some(dir) = raw.path else {
+                return invalid(raw.kind.span(), format!("file sink \"{name}\" has no `path` (a folder)"));
+            };
+            let format = choice(
+                raw.format,
+                "file format",
+                &[("csv", FileFormat::Csv), ("ndjson", FileFormat::Ndjson)],
+            )?;
+            SinkKind::File(FileSinkSettings {
+                dir: base_dir.join(non_empty(dir)?),
+                format,
+            })
+        }
+        other => {
+            return invalid(
+                raw.kind.span(),
+                format!("unknown sink kind \"{other}\" (expected http or file)"),
+            )
+        }
+    };
+    Ok(SinkSettings {
+        name,
+        kind,
+        batch_size,
+        flush_interval,
+        max_backoff,
+    })
+}
+
+impl From<HttpSinkSettings> for SinkKind {
+    fn from(settings: HttpSinkSettings) -> Self {
+        SinkKind::Http(settings)
+    }
+}
+
+/// `http://` only to a loopback host unless explicitly allowed: a token or
+/// customer data must not cross a network in clear text by accident.
+fn check_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("\"{url}\" is not a URL (expected https://host/path)"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = if let Some(bracketed) = host.strip_prefix('[') {
+        bracketed.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    if host.is_empty() {
+        return Err(format!("\"{url}\" has no host"));
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback_host(host) => Ok(()),
+        "http" => Err(format!(
+            "plain http to \"{host}\" would send presses and the token unencrypted: use https, \
+             or set allow_insecure_http = true for this sink"
+        )),
+        other => Err(format!("unsupported scheme \"{other}\" (expected https or http)")),
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
+fn token_source(
+    inline: Option<Spanned<String>>,
+    environment: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
+    base_dir: &Path,
+) -> Result<TokenSource, Invalid> {
+    let given = [&inline, &environment, &file]
+        .into_iter()
+        .flatten()
+        .map(Spanned::span)
+        .collect::<Vec<_>>();
+    if given.len() > 1 {
+        return invalid(
+            given[1].clone(),
+            "give only one of token, token_env and token_file",
+        );
+    }
+    Ok(match (inline, environment, file) {
+        (Some(token), _, _) => TokenSource::Inline(non_empty(token)?),
+        (_, Some(name), _) => TokenSource::Environment(non_empty(name)?),
+        (_, _, Some(path)) => TokenSource::File(base_dir.join(non_empty(path)?)),
+        _ => TokenSource::None,
+    })
+}
+
+fn validate_log(raw: RawLog) -> Result<LogSettings, Invalid> {
+    let level = match raw.level {
+        Some(level) => {
+            let span = level.span();
+            let level = non_empty(level)?;
+            if let Err(error) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+                return invalid(span, format!("\"{level}\" is not a log level or filter: {error}"));
+            }
+            level
+        }
+        None => "info".to_string(),
+    };
+    let json = choice(raw.format, "log format", &[("text", false), ("json", true)])?;
+    Ok(LogSettings { level, json })
+}
+
+/// One of a fixed set of words; the first option is the default.
+fn choice<T: Copy>(
+    value: Option<Spanned<String>>,
+    what: &str,
+    options: &[(&str, T)],
+) -> Result<T, Invalid> {
+    let Some(value) = value else {
+        return Ok(options[0].1);
+    };
+    match options.iter().find(|(word, _)| word == value.get_ref()) {
+        Some((_, choice)) => Ok(*choice),
+        None => {
+            let words: Vec<&str> = options.iter().map(|(word, _)| *word).collect();
+            invalid(
+                value.span(),
+                format!("unknown {what} \"{}\" (expected {})", value.get_ref(), words.join(" or ")),
+            )
+        }
+    }
+}
+
+fn non_empty(value: Spanned<String>) -> Result<String, Invalid> {
+    if value.get_ref().trim().is_empty() {
+        return invalid(value.span(), "must not be empty");
+    }
+    Ok(value.into_inner())
+}
+
+fn positive(value: Option<Spanned<u64>>, default: u64) -> Result<u64, Invalid> {
+    match value {
+        Some(number) if *number.get_ref() == 0 => invalid(number.span(), "must be above 0"),
+        Some(number) => Ok(*number.get_ref()),
+        None => Ok(default),
+    }
+}
+
+fn seconds_to_duration(seconds: Spanned<f64>) -> Result<Duration, Invalid> {
+    let value = *seconds.get_ref();
+    if !(value.is_finite() && (0.0..=86_400.0).contains(&value)) {
+        return invalid(seconds.span(), "must be a number of seconds from 0 to 86400");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Line (1-based), column (1-based) and the dotted key at `span`: the key
+/// on that line (text before `=`) under the nearest table header above it,
+/// with the index of an array of tables (`device[2].baud`).
+fn locate_span(text: &str, span: Range<usize>) -> (usize, usize, String) {
+    let start = span.start.min(text.len());
+    let before = &text[..floor_char_boundary(text, start)];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |index| index + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+
+    let mut table = String::new();
+    let mut array_counts: BTreeMap<String, usize> = BTreeMap::new();
+    for header_line in text[..line_start].lines().chain(std::iter::once(line_text)) {
+        let trimmed = header_line.trim();
+        if let Some(name) = trimmed.strip_prefix("[[").and_then(|rest| rest.split("]]").next()) {
+            let name = name.trim().to_string();
+            let count = array_counts.entry(name.clone()).or_insert(0);
+            *count += 1;
+            table = format!("{name}[{count}]");
+        } else if let Some(name) = trimmed.strip_prefix('[').and_then(|rest| rest.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    let trimmed = line_text.trim_start();
+    let key = if trimmed.starts_with('[') {
+        table
+    } else if let Some((key, _)) = line_text.split_once('=') {
+        let key = key.trim().trim_matches('"');
+        if table.is_empty() {
+            key.to_string()
+        } else {
+            format!("{table}.{key}")
+        }
+    } else {
+        table
+    };
+    (line, column, key)
+}
+
+fn floor_char_boundary(text: &str, mut index: usize) -> usize {
+    while !text.is_char_boundary(index) {
+        index -= 1;
+    }
+    index
+}

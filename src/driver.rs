@@ -1,0 +1,439 @@
+//! One task per `[[device]]`: opens its port (a path, `auto`, or the
+//! simulator), asks for the identity, decodes, drops the duplicates the
+//! hardware sends, applies keymap, question and anti-spam, queues each
+//! press for the store and ACKs the device once the press is committed.
+//! It tracks liveness (connected / silent / disconnected) and, when the port
+//! fails or vanishes, reopens it with backoff, without restarting the agent.
+//!
+//! It never decides durability: a press counts only when the store writer
+//! says it committed.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::codec::{Decoder, Framed};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DeviceSettings, Model, PortSetting};
+use crate::event::{local_offset_minutes, NewPress};
+use crate::port::{self, FramedLink, Link};
+use crate::press_filter::{PressFilter, Verdict};
+use crate::protocol::{AnyCodec, Decoded, Identity, Inbound, Outbound, Press};
+use crate::simulator;
+use crate::store::{
+    Committed, DeviceCounters, DeviceReport, LinkState, RecentPress, StoreError, StoreHandle,
+    UnitReport,
+};
+
+/// First wait before reopening a port that failed, doubled up to the cap.
+/// The cap keeps a replug noticed within about a second.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_CAP: Duration = Duration::from_secs(1);
+/// How often liveness is checked and the device's state saved (if changed).
+const TICK: Duration = Duration::from_secs(1);
+
+/// What a driver continues from after a restart.
+#[derive(Clone, Debug, Default)]
+pub struct Restored {
+    /// Presses inside the model's duplicate window, oldest first.
+    pub recent: Vec<RecentPress>,
+    pub counters: DeviceCounters,
+}
+
+/// Runs the device until `shutdown`; fails only when the store is gone.
+pub async fn run(
+    settings: DeviceSettings,
+    store: StoreHandle,
+    restored: Restored,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let (commits_sender, commits) = mpsc::unbounded_channel();
+    let mut driver = Driver::new(settings, store, restored, commits_sender);
+    let result = driver.run(commits, &shutdown).await;
+    // Save the final counters even after a store error (it may be transient).
+    let _ = driver.save_report().await;
+    result
+}
+
+/// A connection ready for a session.
+struct Connection {
+    port: String,
+    link: FramedLink,
+    identity: Option<Identity>,
+    earlier: Vec<Decoded>,
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+struct Driver {
+    settings: DeviceSettings,
+    store: StoreHandle,
+    filter: PressFilter,
+    report: DeviceReport,
+    commits_sender: mpsc::UnboundedSender<Committed>,
+    /// The monotonic origin of the filter's time scale.
+    origin: Instant,
+    last_valid_frame: Instant,
+    /// Noise counted by the codecs of earlier sessions.
+    noise_before: u64,
+    /// The report changed since it was last saved.
+    dirty: bool,
+    /// Inside a run of bad frames: logged once, at its start.
+    resyncing: bool,
+}
+
+impl Driver {
+    fn new(
+        settings: DeviceSettings,
+        store: StoreHandle,
+        restored: Restored,
+        commits_sender: mpsc::UnboundedSender<Committed>,
+    ) -> Driver {
+        let origin = Instant::now();
+        let mut filter = PressFilter::new(settings.model.duplicate_window(), settings.min_interval);
+        let now = Utc::now();
+        for press in &restored.recent {
+            // A press stored "in the future" (the clock went back since) is
+            // treated as just now: kept in the window rather than forgotten.
+            let age_ms = (now - press.ts).num_milliseconds().max(0);
+            filter.remember(press.unit, press.seq, -age_ms);
+        }
+        let counters = restored.counters;
+        let report = DeviceReport {
+            name: settings.name.clone(),
+            model: settings.model.name(),
+            port: port_label(&settings.port),
+            state: LinkState::Disconnected,
+            state_since: now,
+            hardware_id: None,
+            firmware: None,
+            last_frame_at: None,
+            duplicates: counters.duplicates,
+            bad_frames: counters.bad_frames,
+            unknown_frames: counters.unknown_frames,
+            noise_bytes: counters.noise_bytes,
+            faults: counters.faults,
+            reconnects: counters.reconnects,
+            last_error: None,
+        };
+        Driver {
+            noise_before: counters.noise_bytes,
+            settings,
+            store,
+            filter,
+            report,
+            commits_sender,
+            origin,
+            last_valid_frame: origin,
+            dirty: true,
+            resyncing: false,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        mut commits: mpsc::UnboundedReceiver<Committed>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        self.save_report().await?;
+        let mut delay = RECONNECT_FIRST;
+        let mut ever_connected = false;
+        let mut outage_logged = false;
+        loop {
+            let connection = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                connection = self.connect(shutdown) => connection,
+            };
+            match connection {
+                Ok(connection) => {
+                    if ever_connected {
+                        self.report.reconnects += 1;
+                    }
+                    ever_connected = true;
+                    delay = RECONNECT_FIRST;
+                    tracing::info!(device = %self.settings.name, port = %connection.port, "connected");
+                    match self.session(connection, &mut commits, shutdown).await? {
+                        SessionEnd::Shutdown => return Ok(()),
+                        SessionEnd::Lost(reason) => {
+                            tracing::warn!(device = %self.settings.name, "disconnected: {reason}; reopening");
+                            self.set_state(LinkState::Disconnected, Some(reason));
+                            self.save_report().await?;
+                            outage_logged = true;
+                        }
+                    }
+                }
+                Err(reason) => {
+                    if !outage_logged {
+                        tracing::warn!(device = %self.settings.name, "{reason}; retrying until it appears");
+                        outage_logged = true;
+                    }
+                    if self.report.last_error.as_deref() != Some(reason.as_str()) {
+                        self.set_state(LinkState::Disconnected, Some(reason));
+                        self.save_report().await?;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(RECONNECT_CAP);
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, shutdown: &CancellationToken) -> Result<Connection, String> {
+        let keypad = self.settings.model == Model::Prolan202;
+        match &self.settings.port {
+            PortSetting::Path(path) => {
+                let stream = port::open_serial(path, self.settings.baud).map_err(|error| error.to_string())?;
+                Ok(Connection {
+                    port: path.clone(),
+                    link: Framed::new(Box::new(stream) as Box<dyn Link>, AnyCodec::new(keypad)),
+                    identity: None,
+                    earlier: Vec::new(),
+                })
+            }
+            PortSetting::Auto(criteria) => {
+                let ports = port::list_ports().map_err(|error| error.to_string())?;
+                let candidates = port::auto_candidates(&ports, criteria);
+                let found = port::discover(&candidates, self.settings.model, self.settings.baud, criteria)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                Ok(Connection {
+                    port: found.path,
+                    link: found.link,
+                    identity: Some(found.identity),
+                    earlier: found.earlier,
+                })
+            }
+            PortSetting::None => {
+                let pipe = simulator::spawn(self.settings.simulator.clone(), shutdown.child_token());
+                Ok(Connection {
+                    port: "simulator".into(),
+                    link: Framed::new(Box::new(pipe) as Box<dyn Link>, AnyCodec::new(false)),
+                    identity: None,
+                    earlier: Vec::new(),
+                })
+            }
+        }
+    }
+
+    async fn session(
+        &mut self,
+        connection: Connection,
+        commits: &mut mpsc::UnboundedReceiver<Committed>,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, StoreError> {
+        let mut link = connection.link;
+        self.report.port = connection.port;
+        self.last_valid_frame = Instant::now();
+        self.set_state(LinkState::Connected, None);
+        let probed = connection.identity.is_some();
+        if let Some(identity) = connection.identity {
+            self.handle(Decoded::Message(Inbound::Identity(identity))).await?;
+        }
+        for item in connection.earlier {
+            self.handle(item).await?;
+        }
+        self.save_report().await?;
+        // Acknowledgements of an earlier session's presses are stale now.
+        while commits.try_recv().is_ok() {}
+        if !probed {
+            if let Err(error) = link.send(Outbound::Query).await {
+                return Ok(self.end_session(&link, SessionEnd::Lost(format!("write failed: {error}"))));
+            }
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    // A clean stop loses nothing that was read: decode what
+                    // is still buffered before returning.
+                    let mut buffer = std::mem::take(link.read_buffer_mut());
+                    let mut pending = Vec::new();
+                    while let Ok(Some(item)) = link.codec_mut().decode(&mut buffer) {
+                        pending.push(item);
+                    }
+                    for item in pending {
+                        self.handle(item).await?;
+                    }
+                    return Ok(self.end_session(&link, SessionEnd::Shutdown));
+                }
+                Some(committed) = commits.recv() => {
+                    if self.settings.ack {
+                        let ack = Outbound::Ack { unit: committed.unit, seq: committed.seq };
+                        if let Err(error) = link.send(ack).await {
+                            return Ok(self.end_session(&link, SessionEnd::Lost(format!("write failed: {error}"))));
+                        }
+                    }
+                }
+                item = link.next() => match item {
+                    Some(Ok(item)) => self.handle(item).await?,
+                    Some(Err(error)) => {
+                        return Ok(self.end_session(&link, SessionEnd::Lost(format!("read failed: {error}"))));
+                    }
+                    // A closed port reads end-of-file at once and forever:
+                    // that is the unplug, not a quiet line.
+                    None => {
+                        return Ok(self.end_session(&link, SessionEnd::Lost("the port closed (unplugged?)".into())));
+                    }
+                },
+                _ = tick.tick() => {
+                    self.check_liveness();
+                    self.report.noise_bytes = self.noise_before + link.codec().noise_bytes();
+                    if self.dirty {
+                        self.save_report().await?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn end_session(&mut self, link: &FramedLink, end: SessionEnd) -> SessionEnd {
+        self.noise_before += link.codec().noise_bytes();
+        self.report.noise_bytes = self.noise_before;
+        self.dirty = true;
+        end
+    }
+
+    async fn handle(&mut self, item: Decoded) -> Result<(), StoreError> {
+        match item {
+            Decoded::Message(message) => {
+                self.valid_frame();
+                match message {
+                    Inbound::Press(press) => self.press(press).await?,
+                    Inbound::Identity(identity) => {
+                        let hardware_id = identity.hardware_id.to_string();
+                        if self.report.hardware_id.as_deref() != Some(hardware_id.as_str()) {
+                            tracing::info!(
+                                device = %self.settings.name,
+                                "identified {} {hardware_id}, firmware {}",
+                                identity.model,
+                                identity.firmware
+                            );
+                        }
+                        self.report.hardware_id = Some(hardware_id);
+                        self.report.firmware = Some(identity.firmware);
+                    }
+                    Inbound::Heartbeat(_) => {}
+                    Inbound::UnitStatus { unit, battery, rssi } => {
+                        self.store
+                            .report_unit(UnitReport {
+                                device: self.settings.name.clone(),
+                                unit,
+                                seen_at: Utc::now(),
+                                battery,
+                                rssi: Some(rssi),
+                            })
+                            .await?;
+                    }
+                    Inbound::Fault { unit, code } => {
+                        self.report.faults += 1;
+                        let meaning = match code {
+                            1 => "stuck key",
+                            2 => "supply voltage low",
+                            _ => "unknown fault",
+                        };
+                        tracing::warn!(device = %self.settings.name, %unit, code, "keypad reports a fault: {meaning}");
+                    }
+                }
+            }
+            Decoded::Bad(reason) => {
+                self.report.bad_frames += 1;
+                self.dirty = true;
+                if !self.resyncing {
+                    tracing::warn!(device = %self.settings.name, "dropped a bad frame ({reason}); resynchronising");
+                    self.resyncing = true;
+                }
+            }
+            Decoded::UnknownType(message_type) => {
+                self.report.unknown_frames += 1;
+                self.dirty = true;
+                tracing::debug!(device = %self.settings.name, message_type, "ignored a frame of unknown type");
+            }
+        }
+        Ok(())
+    }
+
+    async fn press(&mut self, press: Press) -> Result<(), StoreError> {
+        let now_ms = i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let suppressed = match self.filter.judge(press.unit, press.seq, now_ms) {
+            Verdict::Duplicate => {
+                self.report.duplicates += 1;
+                self.dirty = true;
+                return Ok(());
+            }
+            Verdict::Accept { suppressed } => suppressed,
+        };
+        let new_press = NewPress {
+            ts: Utc::now(),
+            tz_offset_min: local_offset_minutes(),
+            device: self.settings.name.clone(),
+            model: self.settings.model.name(),
+            unit: press.unit,
+            key: press.key,
+            answer: self.settings.keymap.get(&press.key).cloned(),
+            question: self.settings.question.clone(),
+            seq: press.seq,
+            rssi: press.rssi,
+            battery: press.battery,
+            suppressed,
+        };
+        self.store
+            .press(new_press, Some(self.commits_sender.clone()))
+            .await
+    }
+
+    fn valid_frame(&mut self) {
+        self.last_valid_frame = Instant::now();
+        self.report.last_frame_at = Some(Utc::now());
+        self.resyncing = false;
+        self.dirty = true;
+        if self.report.state == LinkState::Silent {
+            tracing::info!(device = %self.settings.name, "talking again");
+            self.set_state(LinkState::Connected, None);
+        }
+    }
+
+    fn check_liveness(&mut self) {
+        let silence = self.settings.model.silence_after();
+        if self.report.state == LinkState::Connected && self.last_valid_frame.elapsed() >= silence {
+            tracing::warn!(
+                device = %self.settings.name,
+                "silent: nothing valid for {}s (heartbeats missing)",
+                silence.as_secs()
+            );
+            self.set_state(LinkState::Silent, None);
+        }
+    }
+
+    fn set_state(&mut self, state: LinkState, error: Option<String>) {
+        if self.report.state != state {
+            self.report.state = state;
+            self.report.state_since = Utc::now();
+        }
+        self.report.last_error = error;
+        self.dirty = true;
+    }
+
+    async fn save_report(&mut self) -> Result<(), StoreError> {
+        self.dirty = false;
+        self.store.report_device(self.report.clone()).await
+    }
+}
+
+/// What `status` shows as the port before the device is found.
+fn port_label(port: &PortSetting) -> String {
+    match port {
+        PortSetting::Path(path) => path.clone(),
+        PortSetting::Auto(_) => "auto".into(),
+        PortSetting::None => "simulator".into(),
+    }
+}

@@ -1,0 +1,14 @@
+//! epm-agent: a data concentrator for ProLAN customer-feedback buttons.
+//!
+//! Devices on serial ports → codecs → drivers (duplicates, keymap,
+//! anti-spam) → the SQLite write-ahead store. See ARCHITECTURE.md.
+
+pub mod config;
+pub mod daemon;
+pub mod driver;
+pub mod event;
+pub mod port;
+pub mod press_filter;
+pub mod store;
+pub mod protocol;
+pub mod simulator;

@@ -1,0 +1,127 @@
+//! The `epm-agent` command line (`shared/spec/agent-interface.md`). `main`
+//! returns an exit code; everything below returns `Result`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use epm_agent::config::{self, ConfigError, Settings};
+use epm_agent::daemon;
+
+/// Reads ProLAN customer-feedback keypads and receivers into a durable local
+/// store and uploads the presses to reporting backends.
+#[derive(Parser)]
+#[command(name = "epm-agent", version, about)]
+struct Cli {
+    /// The configuration file [default: $EPM_AGENT_CONFIG, else
+    /// /etc/epm-agent/epm-agent.toml, or %ProgramData%\epm-agent\epm-agent.toml on Windows]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent in the foreground until SIGINT/SIGTERM.
+    Run,
+    /// Work with the configuration file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the file: exit 0, or name the line and key that is wrong and exit 2.
+    Check,
+}
+
+/// Exit code of a configuration that cannot be used (`config check`, `run`).
+const EXIT_BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = config::config_path(cli.config.as_deref());
+    match cli.command {
+        Command::Config {
+            action: ConfigAction::Check,
+        } => match config::load(&config_path) {
+            Ok(settings) => {
+                println!(
+                    "{}: ok ({} device{}, {} sink{}, data in {})",
+                    config_path.display(),
+                    settings.devices.len(),
+                    plural(settings.devices.len()),
+                    settings.sinks.len(),
+                    plural(settings.sinks.len()),
+                    settings.agent.data_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => config_failure(&error),
+        },
+        Command::Run => {
+            let settings = match config::load(&config_path) {
+                Ok(settings) => settings,
+                Err(error) => return config_failure(&error),
+            };
+            init_logging(&settings);
+            match run(settings) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    eprintln!("epm-agent: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            daemon::stop_signal().await;
+            stop.cancel();
+        });
+        daemon::run(settings, shutdown).await
+    })
+}
+
+fn config_failure(error: &ConfigError) -> ExitCode {
+    eprintln!("epm-agent: {error}");
+    ExitCode::from(EXIT_BAD_CONFIG)
+}
+
+/// Logs go to stderr (journald or the console); `RUST_LOG` overrides the
+/// configured level.
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if settings.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn plural(count: usize) -> &'static str {
+    if count == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

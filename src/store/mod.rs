@@ -1,0 +1,303 @@
+//! The local write-ahead store: one SQLite file in `data_dir`, WAL mode,
+//! `synchronous = FULL`. It owns the schema (versioned migrations), the
+//! events table (upload-v1's fields, written once, never changed), and the
+//! device, unit and daemon state that `status` reads.
+//!
+//! Writes go through one thread ([`writer`]) that commits presses in groups;
+//! any number of readers ([`Store::open_reader`]) may read meanwhile (WAL
+//! readers never block the writer).
+
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::protocol::UnitId;
+
+pub use writer::{Committed, DeviceReport, LinkState, StoreHandle, UnitReport, WriterOptions};
+
+/// The store's file name inside `data_dir`.
+pub const DATABASE_FILE: &str = "epm-agent.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open store {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("store {} has schema version {found}, newer than this agent knows ({known}): upgrade epm-agent", path.display())]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("store query failed: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("the store writer has stopped")]
+    WriterGone,
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` says how many
+/// have run. Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: events, device and unit state, daemon heartbeat.
+    "CREATE TABLE events (
+        seqno         INTEGER PRIMARY KEY,
+        id            TEXT    NOT NULL UNIQUE,
+        type          TEXT    NOT NULL,
+        ts            TEXT    NOT NULL,
+        ts_ms         INTEGER NOT NULL,
+        tz_offset_min INTEGER NOT NULL,
+        device        TEXT    NOT NULL,
+        model         TEXT    NOT NULL,
+        unit          TEXT    NOT NULL,
+        key           INTEGER NOT NULL,
+        answer        TEXT,
+        question      TEXT,
+        seq           INTEGER NOT NULL,
+        rssi          INTEGER,
+        battery       INTEGER,
+        suppressed    INTEGER NOT NULL
+    );
+    CREATE INDEX events_by_time ON events (ts_ms);
+    CREATE TABLE devices (
+        name             TEXT PRIMARY KEY,
+        model            TEXT NOT NULL,
+        port             TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        state_since      TEXT,
+        hardware_id      TEXT,
+        firmware         TEXT,
+        last_frame_at    TEXT,
+        last_press_at    TEXT,
+        presses          INTEGER NOT NULL DEFAULT 0,
+        duplicates       INTEGER NOT NULL DEFAULT 0,
+        bad_frames       INTEGER NOT NULL DEFAULT 0,
+        unknown_frames   INTEGER NOT NULL DEFAULT 0,
+        noise_bytes      INTEGER NOT NULL DEFAULT 0,
+        faults           INTEGER NOT NULL DEFAULT 0,
+        reconnects       INTEGER NOT NULL DEFAULT 0,
+        last_error       TEXT,
+        updated_at       TEXT
+    );
+    CREATE TABLE units (
+        device       TEXT NOT NULL,
+        unit         TEXT NOT NULL,
+        last_seen_at TEXT,
+        battery      INTEGER,
+        rssi         INTEGER,
+        presses      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (device, unit)
+    );
+    CREATE TABLE daemon (
+        singleton    INTEGER PRIMARY KEY CHECK (singleton = 1),
+        pid          INTEGER NOT NULL,
+        version      TEXT NOT NULL,
+        started_at   TEXT NOT NULL,
+        heartbeat_at TEXT NOT NULL,
+        stopped_at   TEXT
+    );",
+];
+
+/// A connection to the store, for reading (or, inside the writer, writing).
+pub struct Store {
+    connection: Connection,
+    path: PathBuf,
+}
+
+/// A device's counters as last saved, so a restart continues them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    pub presses: u64,
+    pub duplicates: u64,
+    pub bad_frames: u64,
+    pub unknown_frames: u64,
+    pub noise_bytes: u64,
+    pub faults: u64,
+    pub reconnects: u64,
+}
+
+/// A press as the duplicate filter needs it after a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecentPress {
+    pub unit: UnitId,
+    pub seq: u16,
+    pub ts: DateTime<Utc>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir` for writing and
+    /// brings its schema up to date.
+    pub fn open_writer(data_dir: &Path) -> Result<Store, StoreError> {
+        create_private_dir(data_dir)?;
+        let path = data_dir.join(DATABASE_FILE);
+        let connection = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        restrict_file_permissions(&path);
+        let store = Store { connection, path };
+        store.configure()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only (status, report, export).
+    pub fn open_reader(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(DATABASE_FILE);
+        let connection = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        Ok(Store { connection, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    fn configure(&self) -> Result<(), StoreError> {
+        // WAL: readers never block the writer. FULL: a commit survives a
+        // power cut, which is the whole promise of the store.
+        self.connection
+            .pragma_update(None, "journal_mode", "WAL")?;
+        self.connection.pragma_update(None, "synchronous", "FULL")?;
+        self.connection.busy_timeout(Duration::from_secs(5))?;
+        Ok(())
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let transaction = self.connection.unchecked_transaction()?;
+            transaction.execute_batch(migration)?;
+            transaction.pragma_update(None, "user_version", index as i64 + 1)?;
+            transaction.commit()?;
+        }
+        Ok(())
+    }
+
+    /// How many events the store holds.
+    pub fn event_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT count(*) FROM events", [], |row| row.get(0))?)
+    }
+
+    /// The greatest event id so far, so new ids keep sorting after it even
+    /// when the clock went back while the agent was stopped.
+    pub fn last_event_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT max(id) FROM events", [], |row| row.get(0))?)
+    }
+
+    /// The presses of `device` stored since `since`, oldest first: what the
+    /// duplicate filter must remember after a restart.
+    pub fn recent_presses(&self, device: &str, since: DateTime<Utc>) -> Result<Vec<RecentPress>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT unit, seq, ts_ms FROM events
+             WHERE ts_ms >= ?1 AND device = ?2 AND type = 'press' ORDER BY seqno",
+        )?;
+        let rows = statement.query_map(params![since.timestamp_millis(), device], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        })?;
+        let mut presses = Vec::new();
+        for row in rows {
+            let (unit, seq, ts_ms) = row?;
+            // Rows are written by this agent; skip any that do not parse
+            // rather than refuse to start.
+            let (Ok(unit), Ok(seq), Some(ts)) = (
+                unit.parse::<UnitId>(),
+                u16::try_from(seq),
+                DateTime::<Utc>::from_timestamp_millis(ts_ms),
+            ) else {
+                continue;
+            };
+            presses.push(RecentPress { unit, seq, ts });
+        }
+        Ok(presses)
+    }
+
+    /// The counters saved for `device`, zero for a device never seen.
+    pub fn device_counters(&self, device: &str) -> Result<DeviceCounters, StoreError> {
+        let counters = self
+            .connection
+            .query_row(
+                "SELECT presses, duplicates, bad_frames, unknown_frames, noise_bytes, faults, reconnects
+                 FROM devices WHERE name = ?1",
+                [device],
+                |row| {
+                    Ok(DeviceCounters {
+                        presses: row.get(0)?,
+                        duplicates: row.get(1)?,
+                        bad_frames: row.get(2)?,
+                        unknown_frames: row.get(3)?,
+                        noise_bytes: row.get(4)?,
+                        faults: row.get(5)?,
+                        reconnects: row.get(6)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(counters.unwrap_or_default())
+    }
+}
+
+/// The data directory holds customer answers: owner only on Unix.
+fn create_private_dir(path: &Path) -> Result<(), StoreError> {
+    let result = {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+        }
+        #[cfg(not(unix))]
+        {
+            std::fs::create_dir_all(path)
+        }
+    };
+    result.map_err(|source| StoreError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn restrict_file_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Best effort: a store on a filesystem without modes still works.
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
