@@ -42,7 +42,10 @@ fn press(index: usize) -> NewPress {
 async fn burst(handle: &StoreHandle) -> f64 {
     let started = Instant::now();
     for index in 0..BURST_PRESSES {
-        handle.press(press(index), None).await.expect("writer alive");
+        handle
+            .press(press(index), None)
+            .await
+            .expect("writer alive");
     }
     handle.flush().await.expect("writer alive");
     BURST_PRESSES as f64 / started.elapsed().as_secs_f64()
@@ -53,7 +56,10 @@ async fn lone_presses(handle: &StoreHandle) -> Vec<Duration> {
     let mut latencies = Vec::with_capacity(LONE_PRESSES);
     for index in 0..LONE_PRESSES {
         let started = Instant::now();
-        handle.press(press(index), Some(reply.clone())).await.expect("writer alive");
+        handle
+            .press(press(index), Some(reply.clone()))
+            .await
+            .expect("writer alive");
         committed.recv().await.expect("commit reply");
         latencies.push(started.elapsed());
         // Presses from customers are seconds apart; leave the writer idle.

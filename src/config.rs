@@ -227,9 +227,7 @@ fn read_hint(error: &std::io::Error) -> &'static str {
         std::io::ErrorKind::NotFound => {
             " (pass --config FILE, set EPM_AGENT_CONFIG, or copy config/epm-agent.toml there)"
         }
-        std::io::ErrorKind::PermissionDenied => {
-            " (is the service user allowed to read it?)"
-        }
+        std::io::ErrorKind::PermissionDenied => " (is the service user allowed to read it?)",
         _ => "",
     }
 }
@@ -397,7 +395,10 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Settings, Invalid> {
         let name_span = device.get_ref().name.span();
         let settings = validate_device(device.into_inner())?;
         if !names.insert(settings.name.clone()) {
-            return invalid(name_span, format!("device name \"{}\" is used twice", settings.name));
+            return invalid(
+                name_span,
+                format!("device name \"{}\" is used twice", settings.name),
+            );
         }
         devices.push(settings);
     }
@@ -407,7 +408,10 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Settings, Invalid> {
         let span = sink.span();
         let settings = validate_sink(sink.into_inner(), base_dir)?;
         if sinks.iter().any(|other| other.name == settings.name) {
-            return invalid(span, format!("sink name \"{}\" is used twice", settings.name));
+            return invalid(
+                span,
+                format!("sink name \"{}\" is used twice", settings.name),
+            );
         }
         sinks.push(settings);
     }
@@ -457,7 +461,10 @@ fn validate_device(raw: RawDevice) -> Result<DeviceSettings, Invalid> {
         usb_pid: raw.usb_pid.map(usb_id).transpose()?,
         hardware_id: match raw.hardware_id {
             Some(id) => Some(id.get_ref().parse::<UnitId>().or_else(|_| {
-                invalid(id.span(), format!("\"{}\" is not 1 to 8 hex digits", id.get_ref()))
+                invalid(
+                    id.span(),
+                    format!("\"{}\" is not 1 to 8 hex digits", id.get_ref()),
+                )
             })?),
             None => None,
         },
@@ -479,12 +486,17 @@ fn validate_device(raw: RawDevice) -> Result<DeviceSettings, Invalid> {
     if auto != AutoMatch::default() && !matches!(port, PortSetting::Auto(_)) {
         return invalid(
             name_span.clone(),
-            format!("device \"{name}\": usb_vid, usb_pid and hardware_id apply only to port = \"auto\""),
+            format!(
+                "device \"{name}\": usb_vid, usb_pid and hardware_id apply only to port = \"auto\""
+            ),
         );
     }
     let baud = match raw.baud {
         Some(baud) if !(300..=4_000_000).contains(baud.get_ref()) => {
-            return invalid(baud.span(), format!("{} is not a usable baud rate", baud.get_ref()))
+            return invalid(
+                baud.span(),
+                format!("{} is not a usable baud rate", baud.get_ref()),
+            )
         }
         Some(baud) => *baud.get_ref(),
         None => model.default_baud(),
@@ -495,7 +507,12 @@ fn validate_device(raw: RawDevice) -> Result<DeviceSettings, Invalid> {
         for (key, answer) in raw_keymap.into_inner() {
             let key_number = match key.parse::<u8>() {
                 Ok(number @ 1..=16) => number,
-                _ => return invalid(span, format!("keymap key \"{key}\" is not a key number from 1 to 16")),
+                _ => {
+                    return invalid(
+                        span,
+                        format!("keymap key \"{key}\" is not a key number from 1 to 16"),
+                    )
+                }
             };
             if answer.trim().is_empty() {
                 return invalid(span, format!("keymap key {key} maps to an empty answer"));
@@ -524,8 +541,15 @@ fn validate_device(raw: RawDevice) -> Result<DeviceSettings, Invalid> {
         None => 3,
     };
     let presses_per_min = match raw.sim_presses_per_min {
-        Some(rate) if !(rate.get_ref().is_finite() && *rate.get_ref() > 0.0 && *rate.get_ref() <= 6_000_000.0) => {
-            return invalid(rate.span(), "sim_presses_per_min must be above 0 and at most 6000000")
+        Some(rate)
+            if !(rate.get_ref().is_finite()
+                && *rate.get_ref() > 0.0
+                && *rate.get_ref() <= 6_000_000.0) =>
+        {
+            return invalid(
+                rate.span(),
+                "sim_presses_per_min must be above 0 and at most 6000000",
+            )
         }
         Some(rate) => *rate.get_ref(),
         None => 20.0,
@@ -558,7 +582,12 @@ fn usb_id(value: Spanned<toml::Value>) -> Result<u16, Invalid> {
         _ => None,
     };
     parsed.map_or_else(
-        || invalid(span, "a USB id is 4 hex digits, as a string (\"2341\") or an integer (0x2341)"),
+        || {
+            invalid(
+                span,
+                "a USB id is 4 hex digits, as a string (\"2341\") or an integer (0x2341)",
+            )
+        },
         Ok,
     )
 }
@@ -598,10 +627,16 @@ fn validate_sink(raw: RawSink, base_dir: &Path) -> Result<SinkSettings, Invalid>
     let kind = match raw.kind.get_ref().as_str() {
         "http" => {
             if let Some(path) = raw.path {
-                return invalid(path.span(), "`path` applies to file sinks; an http sink has `url`");
+                return invalid(
+                    path.span(),
+                    "`path` applies to file sinks; an http sink has `url`",
+                );
             }
             let Some(url) = raw.url else {
-                return invalid(raw.kind.span(), format!("http sink \"{name}\" has no `url`"));
+                return invalid(
+                    raw.kind.span(),
+                    format!("http sink \"{name}\" has no `url`"),
+                );
             };
             let url_span = url.span();
             let url = non_empty(url)?;
@@ -620,7 +655,11 @@ fn validate_sink(raw: RawSink, base_dir: &Path) -> Result<SinkSettings, Invalid>
                 gzip: raw.gzip.unwrap_or(false),
                 timeout: Duration::from_secs(positive(raw.timeout_s, 30)?),
                 proxy: raw.proxy.map(non_empty).transpose()?,
-                ca_file: raw.ca_file.map(non_empty).transpose()?.map(|file| base_dir.join(file)),
+                ca_file: raw
+                    .ca_file
+                    .map(non_empty)
+                    .transpose()?
+                    .map(|file| base_dir.join(file)),
             }
             .into()
         }
@@ -629,16 +668,24 @@ fn validate_sink(raw: RawSink, base_dir: &Path) -> Result<SinkSettings, Invalid>
                 raw.url.as_ref().map(|key| ("url", key.span())),
                 raw.token.as_ref().map(|key| ("token", key.span())),
                 raw.token_env.as_ref().map(|key| ("token_env", key.span())),
-                raw.token_file.as_ref().map(|key| ("token_file", key.span())),
+                raw.token_file
+                    .as_ref()
+                    .map(|key| ("token_file", key.span())),
                 raw.proxy.as_ref().map(|key| ("proxy", key.span())),
                 raw.ca_file.as_ref().map(|key| ("ca_file", key.span())),
                 raw.timeout_s.as_ref().map(|key| ("timeout_s", key.span())),
             ];
             if let Some((key, span)) = http_only.into_iter().flatten().next() {
-                return invalid(span, format!("`{key}` applies to http sinks, not to a file sink"));
+                return invalid(
+                    span,
+                    format!("`{key}` applies to http sinks, not to a file sink"),
+                );
             }
             let Some(dir) = raw.path else {
-                return invalid(raw.kind.span(), format!("file sink \"{name}\" has no `path` (a folder)"));
+                return invalid(
+                    raw.kind.span(),
+                    format!("file sink \"{name}\" has no `path` (a folder)"),
+                );
             };
             let format = choice(
                 raw.format,
@@ -679,7 +726,9 @@ fn check_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
         .split_once("://")
         .ok_or_else(|| format!("\"{url}\" is not a URL (expected https://host/path)"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     let host = if let Some(bracketed) = host.strip_prefix('[') {
         bracketed.split(']').next().unwrap_or("")
     } else {
@@ -695,7 +744,9 @@ fn check_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
             "plain http to \"{host}\" would send presses and the token unencrypted: use https, \
              or set allow_insecure_http = true for this sink"
         )),
-        other => Err(format!("unsupported scheme \"{other}\" (expected https or http)")),
+        other => Err(format!(
+            "unsupported scheme \"{other}\" (expected https or http)"
+        )),
     }
 }
 
@@ -736,8 +787,19 @@ fn validate_log(raw: RawLog) -> Result<LogSettings, Invalid> {
         Some(level) => {
             let span = level.span();
             let level = non_empty(level)?;
-            if let Err(error) = tracing_subscriber::EnvFilter::builder().parse(&level) {
-                return invalid(span, format!("\"{level}\" is not a log level or filter: {error}"));
+            // Every directive needs a level: `info`, or `target=level`.
+            // (EnvFilter alone would take `loud` as a target name.)
+            let levels = ["off", "error", "warn", "info", "debug", "trace"];
+            let all_have_levels = level.split(',').all(|directive| {
+                let level_word = directive.rsplit('=').next().unwrap_or("").trim();
+                levels.contains(&level_word.to_ascii_lowercase().as_str())
+            });
+            let parsed = tracing_subscriber::EnvFilter::builder().parse(&level);
+            if !all_have_levels || parsed.is_err() {
+                return invalid(
+                    span,
+                    format!("\"{level}\" is not a log level or filter (error, warn, info, debug, trace, or target=level)"),
+                );
             }
             level
         }
@@ -762,7 +824,11 @@ fn choice<T: Copy>(
             let words: Vec<&str> = options.iter().map(|(word, _)| *word).collect();
             invalid(
                 value.span(),
-                format!("unknown {what} \"{}\" (expected {})", value.get_ref(), words.join(" or ")),
+                format!(
+                    "unknown {what} \"{}\" (expected {})",
+                    value.get_ref(),
+                    words.join(" or ")
+                ),
             )
         }
     }
@@ -786,7 +852,10 @@ fn positive(value: Option<Spanned<u64>>, default: u64) -> Result<u64, Invalid> {
 fn seconds_to_duration(seconds: Spanned<f64>) -> Result<Duration, Invalid> {
     let value = *seconds.get_ref();
     if !(value.is_finite() && (0.0..=86_400.0).contains(&value)) {
-        return invalid(seconds.span(), "must be a number of seconds from 0 to 86400");
+        return invalid(
+            seconds.span(),
+            "must be a number of seconds from 0 to 86400",
+        );
     }
     Ok(Duration::from_secs_f64(value))
 }
@@ -806,12 +875,18 @@ fn locate_span(text: &str, span: Range<usize>) -> (usize, usize, String) {
     let mut array_counts: BTreeMap<String, usize> = BTreeMap::new();
     for header_line in text[..line_start].lines().chain(std::iter::once(line_text)) {
         let trimmed = header_line.trim();
-        if let Some(name) = trimmed.strip_prefix("[[").and_then(|rest| rest.split("]]").next()) {
+        if let Some(name) = trimmed
+            .strip_prefix("[[")
+            .and_then(|rest| rest.split("]]").next())
+        {
             let name = name.trim().to_string();
             let count = array_counts.entry(name.clone()).or_insert(0);
             *count += 1;
             table = format!("{name}[{count}]");
-        } else if let Some(name) = trimmed.strip_prefix('[').and_then(|rest| rest.split(']').next()) {
+        } else if let Some(name) = trimmed
+            .strip_prefix('[')
+            .and_then(|rest| rest.split(']').next())
+        {
             table = name.trim().to_string();
         }
     }

@@ -50,25 +50,103 @@ pub async fn run(
     restored: Restored,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
+    let connector = PortConnector {
+        settings: settings.clone(),
+    };
+    run_with(settings, connector, store, restored, shutdown).await
+}
+
+/// [`run`] with the connections coming from `connector`.
+pub async fn run_with<C: Connector>(
+    settings: DeviceSettings,
+    mut connector: C,
+    store: StoreHandle,
+    restored: Restored,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
     let (commits_sender, commits) = mpsc::unbounded_channel();
     let mut driver = Driver::new(settings, store, restored, commits_sender);
-    let result = driver.run(commits, &shutdown).await;
+    let result = driver.run(&mut connector, commits, &shutdown).await;
     // Save the final counters even after a store error (it may be transient).
     let _ = driver.save_report().await;
     result
 }
 
 /// A connection ready for a session.
-struct Connection {
-    port: String,
-    link: FramedLink,
-    identity: Option<Identity>,
-    earlier: Vec<Decoded>,
+pub struct Connection {
+    /// The port's name as `status` shows it.
+    pub port: String,
+    pub link: FramedLink,
+    /// The identity, when discovery already asked for it.
+    pub identity: Option<Identity>,
+    /// Frames read before the identity (during discovery).
+    pub earlier: Vec<Decoded>,
+}
+
+/// Where a driver's connections come from: the configured port in the
+/// agent, in-memory pipes in tests.
+pub trait Connector: Send {
+    /// Opens the device once; the error says why not (and is shown in status).
+    fn connect(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> impl std::future::Future<Output = Result<Connection, String>> + Send;
+}
+
+/// Opens what the device's `port` setting says.
+pub struct PortConnector {
+    settings: DeviceSettings,
 }
 
 enum SessionEnd {
     Shutdown,
     Lost(String),
+}
+
+impl Connector for PortConnector {
+    async fn connect(&mut self, shutdown: &CancellationToken) -> Result<Connection, String> {
+        let keypad = self.settings.model == Model::Prolan202;
+        match &self.settings.port {
+            PortSetting::Path(path) => {
+                let stream = port::open_serial(path, self.settings.baud)
+                    .map_err(|error| error.to_string())?;
+                Ok(Connection {
+                    port: path.clone(),
+                    link: Framed::new(Box::new(stream) as Box<dyn Link>, AnyCodec::new(keypad)),
+                    identity: None,
+                    earlier: Vec::new(),
+                })
+            }
+            PortSetting::Auto(criteria) => {
+                let ports = port::list_ports().map_err(|error| error.to_string())?;
+                let candidates = port::auto_candidates(&ports, criteria);
+                let found = port::discover(
+                    &candidates,
+                    self.settings.model,
+                    self.settings.baud,
+                    criteria,
+                )
+                .await
+                .map_err(|error| error.to_string())?;
+                Ok(Connection {
+                    port: found.path,
+                    link: found.link,
+                    identity: Some(found.identity),
+                    earlier: found.earlier,
+                })
+            }
+            PortSetting::None => {
+                let pipe =
+                    simulator::spawn(self.settings.simulator.clone(), shutdown.child_token());
+                Ok(Connection {
+                    port: "simulator".into(),
+                    link: Framed::new(Box::new(pipe) as Box<dyn Link>, AnyCodec::new(false)),
+                    identity: None,
+                    earlier: Vec::new(),
+                })
+            }
+        }
+    }
 }
 
 struct Driver {
@@ -77,9 +155,9 @@ struct Driver {
     filter: PressFilter,
     report: DeviceReport,
     commits_sender: mpsc::UnboundedSender<Committed>,
-    /// The monotonic origin of the filter's time scale.
+    /// The monotonic origin of the filter's and liveness's time scale.
     origin: Instant,
-    last_valid_frame: Instant,
+    liveness: Liveness,
     /// Noise counted by the codecs of earlier sessions.
     noise_before: u64,
     /// The report changed since it was last saved.
@@ -123,6 +201,7 @@ impl Driver {
             last_error: None,
         };
         Driver {
+            liveness: Liveness::new(settings.model.silence_after()),
             noise_before: counters.noise_bytes,
             settings,
             store,
@@ -130,14 +209,14 @@ impl Driver {
             report,
             commits_sender,
             origin,
-            last_valid_frame: origin,
             dirty: true,
             resyncing: false,
         }
     }
 
-    async fn run(
+    async fn run<C: Connector>(
         &mut self,
+        connector: &mut C,
         mut commits: mpsc::UnboundedReceiver<Committed>,
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
@@ -148,7 +227,7 @@ impl Driver {
         loop {
             let connection = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                connection = self.connect(shutdown) => connection,
+                connection = connector.connect(shutdown) => connection,
             };
             match connection {
                 Ok(connection) => {
@@ -187,43 +266,6 @@ impl Driver {
         }
     }
 
-    async fn connect(&self, shutdown: &CancellationToken) -> Result<Connection, String> {
-        let keypad = self.settings.model == Model::Prolan202;
-        match &self.settings.port {
-            PortSetting::Path(path) => {
-                let stream = port::open_serial(path, self.settings.baud).map_err(|error| error.to_string())?;
-                Ok(Connection {
-                    port: path.clone(),
-                    link: Framed::new(Box::new(stream) as Box<dyn Link>, AnyCodec::new(keypad)),
-                    identity: None,
-                    earlier: Vec::new(),
-                })
-            }
-            PortSetting::Auto(criteria) => {
-                let ports = port::list_ports().map_err(|error| error.to_string())?;
-                let candidates = port::auto_candidates(&ports, criteria);
-                let found = port::discover(&candidates, self.settings.model, self.settings.baud, criteria)
-                    .await
-                    .map_err(|error| error.to_string())?;
-                Ok(Connection {
-                    port: found.path,
-                    link: found.link,
-                    identity: Some(found.identity),
-                    earlier: found.earlier,
-                })
-            }
-            PortSetting::None => {
-                let pipe = simulator::spawn(self.settings.simulator.clone(), shutdown.child_token());
-                Ok(Connection {
-                    port: "simulator".into(),
-                    link: Framed::new(Box::new(pipe) as Box<dyn Link>, AnyCodec::new(false)),
-                    identity: None,
-                    earlier: Vec::new(),
-                })
-            }
-        }
-    }
-
     async fn session(
         &mut self,
         connection: Connection,
@@ -232,11 +274,12 @@ impl Driver {
     ) -> Result<SessionEnd, StoreError> {
         let mut link = connection.link;
         self.report.port = connection.port;
-        self.last_valid_frame = Instant::now();
+        self.liveness.connected(self.now_ms());
         self.set_state(LinkState::Connected, None);
         let probed = connection.identity.is_some();
         if let Some(identity) = connection.identity {
-            self.handle(Decoded::Message(Inbound::Identity(identity))).await?;
+            self.handle(Decoded::Message(Inbound::Identity(identity)))
+                .await?;
         }
         for item in connection.earlier {
             self.handle(item).await?;
@@ -246,7 +289,9 @@ impl Driver {
         while commits.try_recv().is_ok() {}
         if !probed {
             if let Err(error) = link.send(Outbound::Query).await {
-                return Ok(self.end_session(&link, SessionEnd::Lost(format!("write failed: {error}"))));
+                return Ok(
+                    self.end_session(&link, SessionEnd::Lost(format!("write failed: {error}")))
+                );
             }
         }
         let mut tick = tokio::time::interval(TICK);
@@ -323,7 +368,11 @@ impl Driver {
                         self.report.firmware = Some(identity.firmware);
                     }
                     Inbound::Heartbeat(_) => {}
-                    Inbound::UnitStatus { unit, battery, rssi } => {
+                    Inbound::UnitStatus {
+                        unit,
+                        battery,
+                        rssi,
+                    } => {
                         self.store
                             .report_unit(UnitReport {
                                 device: self.settings.name.clone(),
@@ -362,8 +411,13 @@ impl Driver {
         Ok(())
     }
 
+    /// Milliseconds on the driver's monotonic scale.
+    fn now_ms(&self) -> i64 {
+        i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
     async fn press(&mut self, press: Press) -> Result<(), StoreError> {
-        let now_ms = i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let now_ms = self.now_ms();
         let suppressed = match self.filter.judge(press.unit, press.seq, now_ms) {
             Verdict::Duplicate => {
                 self.report.duplicates += 1;
@@ -392,23 +446,21 @@ impl Driver {
     }
 
     fn valid_frame(&mut self) {
-        self.last_valid_frame = Instant::now();
         self.report.last_frame_at = Some(Utc::now());
         self.resyncing = false;
         self.dirty = true;
-        if self.report.state == LinkState::Silent {
+        if self.liveness.frame(self.now_ms()) {
             tracing::info!(device = %self.settings.name, "talking again");
             self.set_state(LinkState::Connected, None);
         }
     }
 
     fn check_liveness(&mut self) {
-        let silence = self.settings.model.silence_after();
-        if self.report.state == LinkState::Connected && self.last_valid_frame.elapsed() >= silence {
+        if self.liveness.check(self.now_ms()) {
             tracing::warn!(
                 device = %self.settings.name,
                 "silent: nothing valid for {}s (heartbeats missing)",
-                silence.as_secs()
+                self.settings.model.silence_after().as_secs()
             );
             self.set_state(LinkState::Silent, None);
         }
@@ -429,11 +481,151 @@ impl Driver {
     }
 }
 
+/// Connected or silent, from the times of valid frames: a port that is
+/// open but quiet is no proof of a live device. Pure; time is passed in.
+#[derive(Debug)]
+struct Liveness {
+    silence_after_ms: i64,
+    last_valid_ms: i64,
+    silent: bool,
+}
+
+impl Liveness {
+    fn new(silence_after: Duration) -> Liveness {
+        Liveness {
+            silence_after_ms: i64::try_from(silence_after.as_millis()).unwrap_or(i64::MAX),
+            last_valid_ms: 0,
+            silent: false,
+        }
+    }
+
+    /// A port was (re)opened: the silence clock starts now.
+    fn connected(&mut self, now_ms: i64) {
+        self.last_valid_ms = now_ms;
+        self.silent = false;
+    }
+
+    /// A valid frame arrived; true when this ends a silence.
+    fn frame(&mut self, now_ms: i64) -> bool {
+        self.last_valid_ms = now_ms;
+        std::mem::replace(&mut self.silent, false)
+    }
+
+    /// True when the device has just become silent.
+    fn check(&mut self, now_ms: i64) -> bool {
+        if self.silent || now_ms - self.last_valid_ms < self.silence_after_ms {
+            return false;
+        }
+        self.silent = true;
+        true
+    }
+}
+
 /// What `status` shows as the port before the device is found.
 fn port_label(port: &PortSetting) -> String {
     match port {
         PortSetting::Path(path) => path.clone(),
         PortSetting::Auto(_) => "auto".into(),
         PortSetting::None => "simulator".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        Connected(i64),
+        Frame(i64),
+        Check(i64),
+    }
+
+    /// Runs the steps; collects what `frame` and `check` answered.
+    fn check(silence_after_s: u64, steps: &[Step], expected: &[bool]) {
+        let mut liveness = Liveness::new(Duration::from_secs(silence_after_s));
+        let answers: Vec<bool> = steps
+            .iter()
+            .filter_map(|step| match *step {
+                Step::Connected(at) => {
+                    liveness.connected(at);
+                    None
+                }
+                Step::Frame(at) => Some(liveness.frame(at)),
+                Step::Check(at) => Some(liveness.check(at)),
+            })
+            .collect();
+        assert_eq!(answers, expected, "{steps:?}");
+    }
+
+    use Step::{Check, Connected, Frame};
+
+    #[test]
+    fn heartbeats_keep_a_device_connected() {
+        check(
+            15,
+            &[
+                Connected(0),
+                Frame(5_000),
+                Check(10_000),
+                Frame(10_000),
+                Check(24_999),
+            ],
+            &[false, false, false, false],
+        );
+    }
+
+    #[test]
+    fn three_missed_heartbeats_make_it_silent_once() {
+        check(
+            15,
+            &[
+                Connected(0),
+                Frame(1_000),
+                Check(15_999),
+                Check(16_000),
+                Check(40_000),
+            ],
+            &[false, false, true, false],
+        );
+    }
+
+    #[test]
+    fn a_frame_ends_the_silence() {
+        check(
+            15,
+            &[
+                Connected(0),
+                Check(15_000),
+                Frame(20_000),
+                Check(21_000),
+                Check(35_000),
+            ],
+            &[true, true, false, true],
+        );
+    }
+
+    #[test]
+    fn a_port_opened_but_never_talking_becomes_silent() {
+        check(
+            30,
+            &[Connected(100_000), Check(129_999), Check(130_000)],
+            &[false, true],
+        );
+    }
+
+    #[test]
+    fn reopening_restarts_the_silence_clock() {
+        check(
+            15,
+            &[
+                Connected(0),
+                Check(15_000),
+                Connected(20_000),
+                Check(30_000),
+                Check(35_000),
+            ],
+            &[true, false, true],
+        );
     }
 }

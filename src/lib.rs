@@ -9,6 +9,6 @@ pub mod driver;
 pub mod event;
 pub mod port;
 pub mod press_filter;
-pub mod store;
 pub mod protocol;
 pub mod simulator;
+pub mod store;

@@ -94,7 +94,8 @@ fn open_hint(error: &tokio_serial::Error) -> &'static str {
 
 /// The serial ports of this machine, USB ones with their ids.
 pub fn list_ports() -> Result<Vec<PortInfo>, PortError> {
-    let ports = tokio_serial::available_ports().map_err(|error| PortError::List(error.description))?;
+    let ports =
+        tokio_serial::available_ports().map_err(|error| PortError::List(error.description))?;
     Ok(ports
         .into_iter()
         .map(|port| PortInfo {
@@ -149,7 +150,10 @@ pub async fn discover(
         let Ok(stream) = open_serial(path, baud) else {
             continue; // in use by another device, or gone since listing
         };
-        let mut link = Framed::new(Box::new(stream) as Box<dyn Link>, AnyCodec::new(model == Model::Prolan202));
+        let mut link = Framed::new(
+            Box::new(stream) as Box<dyn Link>,
+            AnyCodec::new(model == Model::Prolan202),
+        );
         match probe(&mut link, model, criteria).await {
             Some((identity, earlier)) => {
                 return Ok(Found {
@@ -188,14 +192,19 @@ pub async fn probe(
     let mut earlier = Vec::new();
     let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
     loop {
-        let item = tokio::time::timeout_at(deadline, link.next()).await.ok()??.ok()?;
+        let item = tokio::time::timeout_at(deadline, link.next())
+            .await
+            .ok()??
+            .ok()?;
         match item {
             Decoded::Message(Inbound::Identity(identity)) => {
                 let model_matches = match model {
                     Model::Prolan202 => identity.radio_channel.is_none(),
                     Model::Prolan501 | Model::Simulator => identity.radio_channel.is_some(),
                 };
-                let id_matches = criteria.hardware_id.is_none_or(|id| id == identity.hardware_id);
+                let id_matches = criteria
+                    .hardware_id
+                    .is_none_or(|id| id == identity.hardware_id);
                 return (model_matches && id_matches).then_some((identity, earlier));
             }
             other => {

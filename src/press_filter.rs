@@ -110,8 +110,16 @@ mod tests {
     const UNIT_B: UnitId = UnitId(0x301A0003);
 
     /// Feeds (unit, seq, milliseconds since start) and compares the verdicts.
-    fn check(window_s: u64, min_interval_s: u64, presses: &[(UnitId, u16, i64)], expected: &[Verdict]) {
-        let mut filter = PressFilter::new(Duration::from_secs(window_s), Duration::from_secs(min_interval_s));
+    fn check(
+        window_s: u64,
+        min_interval_s: u64,
+        presses: &[(UnitId, u16, i64)],
+        expected: &[Verdict],
+    ) {
+        let mut filter = PressFilter::new(
+            Duration::from_secs(window_s),
+            Duration::from_secs(min_interval_s),
+        );
         let verdicts: Vec<Verdict> = presses
             .iter()
             .map(|&(unit, seq, at_ms)| filter.judge(unit, seq, at_ms))
@@ -125,12 +133,22 @@ mod tests {
 
     #[test]
     fn radio_triplets_collapse_to_one_press() {
-        check(30, 0, &[(UNIT_A, 258, 0), (UNIT_A, 258, 100), (UNIT_A, 258, 290)], &[NEW, DUP, DUP]);
+        check(
+            30,
+            0,
+            &[(UNIT_A, 258, 0), (UNIT_A, 258, 100), (UNIT_A, 258, 290)],
+            &[NEW, DUP, DUP],
+        );
     }
 
     #[test]
     fn same_counter_after_the_window_is_a_new_press() {
-        check(30, 0, &[(UNIT_A, 0, 0), (UNIT_A, 0, 29_999), (UNIT_A, 0, 60_000)], &[NEW, DUP, NEW]);
+        check(
+            30,
+            0,
+            &[(UNIT_A, 0, 0), (UNIT_A, 0, 29_999), (UNIT_A, 0, 60_000)],
+            &[NEW, DUP, NEW],
+        );
     }
 
     #[test]
@@ -143,14 +161,24 @@ mod tests {
         check(
             600,
             3,
-            &[(UNIT_A, 1, 0), (UNIT_A, 2, 1_000), (UNIT_A, 3, 2_500), (UNIT_A, 4, 6_000)],
+            &[
+                (UNIT_A, 1, 0),
+                (UNIT_A, 2, 1_000),
+                (UNIT_A, 3, 2_500),
+                (UNIT_A, 4, 6_000),
+            ],
             &[NEW, SUPPRESSED, SUPPRESSED, NEW],
         );
     }
 
     #[test]
     fn duplicates_do_not_restart_the_anti_spam_interval() {
-        check(600, 3, &[(UNIT_A, 1, 0), (UNIT_A, 1, 2_000), (UNIT_A, 2, 3_000)], &[NEW, DUP, NEW]);
+        check(
+            600,
+            3,
+            &[(UNIT_A, 1, 0), (UNIT_A, 1, 2_000), (UNIT_A, 2, 3_000)],
+            &[NEW, DUP, NEW],
+        );
     }
 
     #[test]
@@ -160,7 +188,11 @@ mod tests {
         filter.remember(UNIT_A, 17, -540_000);
         assert_eq!(filter.judge(UNIT_A, 17, 5_000), DUP);
         assert_eq!(filter.judge(UNIT_A, 18, 5_000), NEW);
-        assert_eq!(filter.judge(UNIT_A, 17, 61_000), NEW, "the window has passed");
+        assert_eq!(
+            filter.judge(UNIT_A, 17, 61_000),
+            NEW,
+            "the window has passed"
+        );
     }
 
     #[test]

@@ -45,9 +45,16 @@ pub enum Inbound {
     Press(Press),
     Heartbeat(Heartbeat),
     /// ProLAN-501 REMOTE_STATUS: the hourly beacon of a remote.
-    UnitStatus { unit: UnitId, battery: Option<u8>, rssi: i8 },
+    UnitStatus {
+        unit: UnitId,
+        battery: Option<u8>,
+        rssi: i8,
+    },
     /// ProLAN-202 `E`: 1 = stuck key, 2 = supply voltage low.
-    Fault { unit: UnitId, code: u8 },
+    Fault {
+        unit: UnitId,
+        code: u8,
+    },
 }
 
 /// ProLAN-202 `I` or ProLAN-501 HELLO.
@@ -177,7 +184,10 @@ impl tokio_util::codec::Decoder for AnyCodec {
         }
     }
 
-    fn decode_eof(&mut self, source: &mut bytes::BytesMut) -> Result<Option<Decoded>, std::io::Error> {
+    fn decode_eof(
+        &mut self,
+        source: &mut bytes::BytesMut,
+    ) -> Result<Option<Decoded>, std::io::Error> {
         match self {
             AnyCodec::Keypad(codec) => codec.decode_eof(source),
             AnyCodec::Receiver(codec) => codec.decode_eof(source),
@@ -188,7 +198,11 @@ impl tokio_util::codec::Decoder for AnyCodec {
 impl tokio_util::codec::Encoder<Outbound> for AnyCodec {
     type Error = std::io::Error;
 
-    fn encode(&mut self, message: Outbound, destination: &mut bytes::BytesMut) -> Result<(), std::io::Error> {
+    fn encode(
+        &mut self,
+        message: Outbound,
+        destination: &mut bytes::BytesMut,
+    ) -> Result<(), std::io::Error> {
         match self {
             AnyCodec::Keypad(codec) => codec.encode(message, destination),
             AnyCodec::Receiver(codec) => codec.encode(message, destination),

@@ -301,7 +301,11 @@ fn split_kind(body: &[u8]) -> (&[u8], Option<&[u8]>) {
 fn split_fields<const N: usize>(fields: Option<&[u8]>) -> Result<[&[u8]; N], BadFrame> {
     let mut split: [&[u8]; N] = [&[]; N];
     let Some(fields) = fields else {
-        return if N == 0 { Ok(split) } else { Err(BadFrame::Shape) };
+        return if N == 0 {
+            Ok(split)
+        } else {
+            Err(BadFrame::Shape)
+        };
     };
     let mut parts = fields.split(|&byte| byte == b',');
     for slot in &mut split {

@@ -177,8 +177,7 @@ impl Store {
     fn configure(&self) -> Result<(), StoreError> {
         // WAL: readers never block the writer. FULL: a commit survives a
         // power cut, which is the whole promise of the store.
-        self.connection
-            .pragma_update(None, "journal_mode", "WAL")?;
+        self.connection.pragma_update(None, "journal_mode", "WAL")?;
         self.connection.pragma_update(None, "synchronous", "FULL")?;
         self.connection.busy_timeout(Duration::from_secs(5))?;
         Ok(())
@@ -222,13 +221,21 @@ impl Store {
 
     /// The presses of `device` stored since `since`, oldest first: what the
     /// duplicate filter must remember after a restart.
-    pub fn recent_presses(&self, device: &str, since: DateTime<Utc>) -> Result<Vec<RecentPress>, StoreError> {
+    pub fn recent_presses(
+        &self,
+        device: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RecentPress>, StoreError> {
         let mut statement = self.connection.prepare_cached(
             "SELECT unit, seq, ts_ms FROM events
              WHERE ts_ms >= ?1 AND device = ?2 AND type = 'press' ORDER BY seqno",
         )?;
         let rows = statement.query_map(params![since.timestamp_millis(), device], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
         })?;
         let mut presses = Vec::new();
         for row in rows {
@@ -278,7 +285,10 @@ fn create_private_dir(path: &Path) -> Result<(), StoreError> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
         }
         #[cfg(not(unix))]
         {

@@ -280,7 +280,9 @@ impl Writer {
                     });
                     totals.presses += 1;
                     totals.last_ts = format_timestamp(press.ts);
-                    let unit = unit_totals.entry((&press.device, press.unit)).or_insert((0, press));
+                    let unit = unit_totals
+                        .entry((&press.device, press.unit))
+                        .or_insert((0, press));
                     unit.0 += 1;
                     unit.1 = press;
                     if let Some(reply) = reply {
@@ -398,7 +400,11 @@ fn upsert_device(transaction: &Transaction<'_>, report: &DeviceReport) -> rusqli
     Ok(())
 }
 
-fn upsert_unit(transaction: &Transaction<'_>, report: &UnitReport, presses: u64) -> rusqlite::Result<()> {
+fn upsert_unit(
+    transaction: &Transaction<'_>,
+    report: &UnitReport,
+    presses: u64,
+) -> rusqlite::Result<()> {
     let mut statement = transaction.prepare_cached(
         "INSERT INTO units (device, unit, last_seen_at, battery, rssi, presses)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
