@@ -44,6 +44,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("the store writer has stopped")]
     WriterGone,
+    #[error("cannot start a store thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` says how many

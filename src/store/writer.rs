@@ -181,6 +181,20 @@ pub fn spawn(
         .last_event_id()?
         .and_then(|id| Ulid::from_string(&id).ok())
         .unwrap_or(Ulid::nil());
+    // Checkpoints copy the WAL into the database file. Left to SQLite they
+    // run inside a commit, and the press that triggers one waits for it;
+    // here a second connection does them in the background instead.
+    store
+        .connection
+        .pragma_update(None, "wal_autocheckpoint", 0)?;
+    let checkpoints = rusqlite::Connection::open(store.path())?;
+    checkpoints.busy_timeout(Duration::from_secs(5))?;
+    let (stop_checkpoints, checkpoint_stop) = std::sync::mpsc::channel::<()>();
+    let checkpointer = std::thread::Builder::new()
+        .name("store-checkpoint".into())
+        .spawn(move || run_checkpoints(&checkpoints, &checkpoint_stop))
+        .map_err(StoreError::Thread)?;
+
     let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
     let mut writer = Writer {
         store,
@@ -190,12 +204,38 @@ pub fn spawn(
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer.run())
-        .map_err(|source| StoreError::CreateDir {
-            path: "store-writer thread".into(),
-            source,
-        })?;
+        .spawn(move || {
+            writer.run();
+            drop(stop_checkpoints);
+            let _ = checkpointer.join();
+            // Leave a short WAL behind for the next start and for readers.
+            if let Err(error) =
+                writer
+                    .store
+                    .connection
+                    .pragma_update(None, "wal_checkpoint", "TRUNCATE")
+            {
+                tracing::debug!("final checkpoint skipped: {error}");
+            }
+        })
+        .map_err(StoreError::Thread)?;
     Ok((StoreHandle { sender }, thread))
+}
+
+/// How often the background checkpointer runs.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Passive checkpoints until `stop` is dropped: they never block the writer
+/// or readers; what a reader still needs is copied on a later round.
+fn run_checkpoints(connection: &rusqlite::Connection, stop: &std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(CHECKPOINT_INTERVAL)
+    {
+        let result = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if let Err(error) = result {
+            tracing::debug!("background checkpoint failed, will retry: {error}");
+        }
+    }
 }
 
 struct Writer {
