@@ -53,7 +53,7 @@ pub enum PortError {
     },
     #[error("cannot list serial ports: {0}")]
     List(String),
-    #[error("no serial port answered as {model}{criteria} (is it plugged in? `epm-agent devices --probe` shows what answers)")]
+    #[error("no serial port answered as {model}{criteria} (is it plugged in and powered? on Linux `ls -l /dev/serial/by-id/` lists USB serial ports)")]
     NotFound { model: Model, criteria: String },
 }
 
@@ -75,11 +75,9 @@ pub fn open_serial(path: &str, baud: u32) -> Result<tokio_serial::SerialStream, 
 
 fn open_hint(error: &tokio_serial::Error) -> &'static str {
     match error.kind {
-        tokio_serial::ErrorKind::NoDevice => {
-            " (is the device plugged in? `epm-agent devices` lists the ports)"
-        }
-        tokio_serial::ErrorKind::Io(std::io::ErrorKind::NotFound) => {
-            " (is the device plugged in? `epm-agent devices` lists the ports)"
+        tokio_serial::ErrorKind::NoDevice
+        | tokio_serial::ErrorKind::Io(std::io::ErrorKind::NotFound) => {
+            " (is the device plugged in? on Linux `ls -l /dev/serial/by-id/` lists USB serial ports)"
         }
         tokio_serial::ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => {
             if cfg!(windows) {

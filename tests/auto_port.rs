@@ -1,0 +1,128 @@
+//! `port = "auto"`: only USB serial ports are candidates (filtered by the
+//! configured USB ids), and among them the device whose identity answers
+//! as the configured model (and hardware id) is chosen. Pseudo-terminals
+//! stand in for the ports; they are not in the OS port list, so the probe
+//! is given them as candidates directly.
+
+mod support;
+
+use epm_agent::config::{AutoMatch, Model};
+use epm_agent::port::{self, PortInfo, UsbInfo};
+use epm_agent::protocol::UnitId;
+use support::{EmulatorOptions, TestDir};
+
+fn usb(path: &str, vid: u16, pid: u16) -> PortInfo {
+    PortInfo {
+        path: path.into(),
+        usb: Some(UsbInfo {
+            vid,
+            pid,
+            serial_number: None,
+            manufacturer: None,
+            product: None,
+        }),
+    }
+}
+
+#[test]
+fn only_usb_ports_matching_the_ids_are_candidates() {
+    let ports = vec![
+        PortInfo {
+            path: "/dev/ttyS0".into(),
+            usb: None,
+        },
+        usb("/dev/ttyUSB0", 0x0403, 0x6001),
+        usb("/dev/ttyACM0", 0x2341, 0x0043),
+        usb("/dev/ttyACM1", 0x2341, 0x8036),
+    ];
+    let check = |criteria: AutoMatch, expected: &[&str]| {
+        assert_eq!(
+            port::auto_candidates(&ports, &criteria),
+            expected,
+            "{criteria:?}"
+        );
+    };
+    check(
+        AutoMatch::default(),
+        &["/dev/ttyUSB0", "/dev/ttyACM0", "/dev/ttyACM1"],
+    );
+    check(
+        AutoMatch {
+            usb_vid: Some(0x2341),
+            ..AutoMatch::default()
+        },
+        &["/dev/ttyACM0", "/dev/ttyACM1"],
+    );
+    check(
+        AutoMatch {
+            usb_vid: Some(0x2341),
+            usb_pid: Some(0x8036),
+            hardware_id: None,
+        },
+        &["/dev/ttyACM1"],
+    );
+    check(
+        AutoMatch {
+            usb_pid: Some(0x9999),
+            ..AutoMatch::default()
+        },
+        &[],
+    );
+}
+
+#[tokio::test]
+async fn the_probe_finds_the_configured_model_and_hardware_id() {
+    let dir = TestDir::new();
+    let keypad = dir.keypad("keypad", EmulatorOptions::keypad());
+    let first_receiver = dir.receiver("radio-a", EmulatorOptions::receiver());
+    let second_receiver = dir.receiver(
+        "radio-b",
+        EmulatorOptions {
+            hardware_id: UnitId(0x5010_00B2),
+            ..EmulatorOptions::receiver()
+        },
+    );
+    let path = |emulator: &support::Emulator| emulator.port_path().display().to_string();
+    let candidates = vec![path(&keypad), path(&first_receiver), path(&second_receiver)];
+
+    let found = port::discover(
+        &candidates,
+        Model::Prolan501,
+        115_200,
+        &AutoMatch {
+            hardware_id: Some(UnitId(0x5010_00B2)),
+            ..AutoMatch::default()
+        },
+    )
+    .await
+    .expect("the second receiver answers");
+    assert_eq!(found.path, path(&second_receiver));
+    assert_eq!(found.identity.hardware_id, UnitId(0x5010_00B2));
+    drop(found);
+
+    let found = port::discover(&candidates, Model::Prolan202, 9_600, &AutoMatch::default())
+        .await
+        .expect("the keypad answers");
+    assert_eq!(found.path, path(&keypad));
+    assert_eq!(found.identity.hardware_id, support::KEYPAD_SERIAL);
+    drop(found);
+
+    let missing = port::discover(
+        &candidates,
+        Model::Prolan501,
+        115_200,
+        &AutoMatch {
+            hardware_id: Some(UnitId(0x0BAD_0BAD)),
+            ..AutoMatch::default()
+        },
+    )
+    .await;
+    let Err(error) = missing else {
+        panic!("a receiver that is not there was found")
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("0BAD0BAD") && message.contains("plugged in"),
+        "{message}"
+    );
+}
