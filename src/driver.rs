@@ -192,17 +192,12 @@ impl Driver {
             hardware_id: None,
             firmware: None,
             last_frame_at: None,
-            duplicates: counters.duplicates,
-            bad_frames: counters.bad_frames,
-            unknown_frames: counters.unknown_frames,
-            noise_bytes: counters.noise_bytes,
-            faults: counters.faults,
-            reconnects: counters.reconnects,
+            counters: counters.link,
             last_error: None,
         };
         Driver {
             liveness: Liveness::new(settings.model.silence_after()),
-            noise_before: counters.noise_bytes,
+            noise_before: counters.link.noise_bytes,
             settings,
             store,
             filter,
@@ -232,7 +227,7 @@ impl Driver {
             match connection {
                 Ok(connection) => {
                     if ever_connected {
-                        self.report.reconnects += 1;
+                        self.report.counters.reconnects += 1;
                     }
                     ever_connected = true;
                     delay = RECONNECT_FIRST;
@@ -332,7 +327,7 @@ impl Driver {
                 },
                 _ = tick.tick() => {
                     self.check_liveness();
-                    self.report.noise_bytes = self.noise_before + link.codec().noise_bytes();
+                    self.report.counters.noise_bytes = self.noise_before + link.codec().noise_bytes();
                     if self.dirty {
                         self.save_report().await?;
                     }
@@ -343,7 +338,7 @@ impl Driver {
 
     fn end_session(&mut self, link: &FramedLink, end: SessionEnd) -> SessionEnd {
         self.noise_before += link.codec().noise_bytes();
-        self.report.noise_bytes = self.noise_before;
+        self.report.counters.noise_bytes = self.noise_before;
         self.dirty = true;
         end
     }
@@ -384,7 +379,7 @@ impl Driver {
                             .await?;
                     }
                     Inbound::Fault { unit, code } => {
-                        self.report.faults += 1;
+                        self.report.counters.faults += 1;
                         let meaning = match code {
                             1 => "stuck key",
                             2 => "supply voltage low",
@@ -395,7 +390,7 @@ impl Driver {
                 }
             }
             Decoded::Bad(reason) => {
-                self.report.bad_frames += 1;
+                self.report.counters.bad_frames += 1;
                 self.dirty = true;
                 if !self.resyncing {
                     tracing::warn!(device = %self.settings.name, "dropped a bad frame ({reason}); resynchronising");
@@ -403,7 +398,7 @@ impl Driver {
                 }
             }
             Decoded::UnknownType(message_type) => {
-                self.report.unknown_frames += 1;
+                self.report.counters.unknown_frames += 1;
                 self.dirty = true;
                 tracing::debug!(device = %self.settings.name, message_type, "ignored a frame of unknown type");
             }
@@ -420,7 +415,7 @@ impl Driver {
         let now_ms = self.now_ms();
         let suppressed = match self.filter.judge(press.unit, press.seq, now_ms) {
             Verdict::Duplicate => {
-                self.report.duplicates += 1;
+                self.report.counters.duplicates += 1;
                 self.dirty = true;
                 return Ok(());
             }

@@ -119,7 +119,15 @@ pub struct Store {
 /// A device's counters as last saved, so a restart continues them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceCounters {
+    /// Counted by the writer, in the transaction that stores the presses.
     pub presses: u64,
+    /// Counted by the driver, saved with its [`DeviceReport`].
+    pub link: LinkCounters,
+}
+
+/// What a driver counts about its link besides presses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkCounters {
     pub duplicates: u64,
     pub bad_frames: u64,
     pub unknown_frames: u64,
@@ -267,12 +275,14 @@ impl Store {
                 |row| {
                     Ok(DeviceCounters {
                         presses: row.get(0)?,
-                        duplicates: row.get(1)?,
-                        bad_frames: row.get(2)?,
-                        unknown_frames: row.get(3)?,
-                        noise_bytes: row.get(4)?,
-                        faults: row.get(5)?,
-                        reconnects: row.get(6)?,
+                        link: LinkCounters {
+                            duplicates: row.get(1)?,
+                            bad_frames: row.get(2)?,
+                            unknown_frames: row.get(3)?,
+                            noise_bytes: row.get(4)?,
+                            faults: row.get(5)?,
+                            reconnects: row.get(6)?,
+                        },
                     })
                 },
             )

@@ -17,7 +17,7 @@ use rusqlite::{params, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use ulid::Ulid;
 
-use super::{Store, StoreError};
+use super::{LinkCounters, Store, StoreError};
 use crate::event::{format_timestamp, NewPress};
 use crate::protocol::UnitId;
 
@@ -77,12 +77,7 @@ pub struct DeviceReport {
     pub hardware_id: Option<String>,
     pub firmware: Option<String>,
     pub last_frame_at: Option<DateTime<Utc>>,
-    pub duplicates: u64,
-    pub bad_frames: u64,
-    pub unknown_frames: u64,
-    pub noise_bytes: u64,
-    pub faults: u64,
-    pub reconnects: u64,
+    pub counters: LinkCounters,
     pub last_error: Option<String>,
 }
 
@@ -428,12 +423,12 @@ fn upsert_device(transaction: &Transaction<'_>, report: &DeviceReport) -> rusqli
         report.hardware_id,
         report.firmware,
         report.last_frame_at.map(format_timestamp),
-        report.duplicates,
-        report.bad_frames,
-        report.unknown_frames,
-        report.noise_bytes,
-        report.faults,
-        report.reconnects,
+        report.counters.duplicates,
+        report.counters.bad_frames,
+        report.counters.unknown_frames,
+        report.counters.noise_bytes,
+        report.counters.faults,
+        report.counters.reconnects,
         report.last_error,
         format_timestamp(Utc::now()),
     ])?;
