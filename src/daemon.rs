@@ -1,6 +1,6 @@
 //! `epm-agent run`: opens the store, restores each device's duplicate
 //! window and counters from it, starts the store writer, one driver task per
-//! device and the daemon heartbeat, and on the stop signal lets every task
+//! device, one delivery task per sink and the daemon heartbeat, and on the stop signal lets every task
 //! finish and the writer commit what is queued before returning.
 
 use std::time::Duration;
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::driver::{self, Restored};
+use crate::sink::{self, AgentInfo, Transport};
 use crate::store::{writer, Store, WriterOptions};
 
 /// How often the daemon tells the store it is alive (read by `status`).
@@ -36,6 +37,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             counters: store.device_counters(&device.name)?,
         });
     }
+    // Set up every sink before starting anything: a bad CA file or proxy
+    // is a configuration error, reported before the daemon runs.
+    let agent = AgentInfo::new(&settings.agent);
+    let mut transports = Vec::with_capacity(settings.sinks.len());
+    for sink in &settings.sinks {
+        transports.push(Transport::new(sink, agent.clone())?);
+    }
     let (handle, writer_thread) = writer::spawn(store, WriterOptions::default())?;
     handle.daemon_started().await?;
 
@@ -43,6 +51,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     for (device, restored) in settings.devices.iter().cloned().zip(restored) {
         let name = device.name.clone();
         let task = driver::run(device, handle.clone(), restored, shutdown.clone());
+        tasks.spawn(async move { (name, task.await) });
+    }
+    for (sink, transport) in settings.sinks.iter().cloned().zip(transports) {
+        let name = sink.name.clone();
+        let task = sink::run(
+            sink,
+            transport,
+            settings.agent.data_dir.clone(),
+            handle.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move { (name, task.await) });
     }
     let heartbeat_handle = handle.clone();
@@ -66,13 +85,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         match joined {
             Ok((_, Ok(()))) => {}
             Ok((name, Err(error))) => {
-                tracing::error!(device = %name, "driver stopped: {error}");
-                failure.get_or_insert(anyhow::anyhow!("device {name}: {error}"));
+                tracing::error!(task = %name, "stopped: {error}");
+                failure.get_or_insert(anyhow::anyhow!("{name}: {error}"));
                 shutdown.cancel();
             }
             Err(error) => {
-                tracing::error!("a driver task panicked: {error}");
-                failure.get_or_insert(anyhow::anyhow!("a driver task panicked: {error}"));
+                tracing::error!("a task panicked: {error}");
+                failure.get_or_insert(anyhow::anyhow!("a task panicked: {error}"));
                 shutdown.cancel();
             }
         }

@@ -11,4 +11,5 @@ pub mod port;
 pub mod press_filter;
 pub mod protocol;
 pub mod simulator;
+pub mod sink;
 pub mod store;

@@ -15,9 +15,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use crate::event::Event;
 use crate::protocol::UnitId;
 
-pub use writer::{Committed, DeviceReport, LinkState, StoreHandle, UnitReport, WriterOptions};
+pub use writer::{
+    Committed, DeviceReport, LinkState, SinkState, SinkUpdate, StoreHandle, UnitReport,
+    WriterOptions,
+};
 
 /// The store's file name inside `data_dir`.
 pub const DATABASE_FILE: &str = "epm-agent.db";
@@ -53,7 +57,7 @@ pub enum StoreError {
 const MIGRATIONS: &[&str] = &[
     // 1: events, device and unit state, daemon heartbeat.
     "CREATE TABLE events (
-        seqno         INTEGER PRIMARY KEY,
+        seqno         INTEGER PRIMARY KEY AUTOINCREMENT,
         id            TEXT    NOT NULL UNIQUE,
         type          TEXT    NOT NULL,
         ts            TEXT    NOT NULL,
@@ -108,6 +112,31 @@ const MIGRATIONS: &[&str] = &[
         heartbeat_at TEXT NOT NULL,
         stopped_at   TEXT
     );",
+    // 2: delivery. One cursor per sink (`delivered_seqno`: every event up
+    // to it is delivered or dead-lettered), the batch in flight (so a retry
+    // after a restart sends the same batch id and events), dead letters.
+    "CREATE TABLE sinks (
+        name             TEXT PRIMARY KEY,
+        delivered_seqno  INTEGER NOT NULL DEFAULT 0,
+        delivered        INTEGER NOT NULL DEFAULT 0,
+        state            TEXT NOT NULL DEFAULT 'ok',
+        last_success_at  TEXT,
+        last_error       TEXT,
+        batch_id         TEXT,
+        batch_first      INTEGER,
+        batch_last       INTEGER,
+        updated_at       TEXT
+    );
+    CREATE TABLE dead_letters (
+        sink        TEXT    NOT NULL,
+        seqno       INTEGER NOT NULL,
+        event_id    TEXT    NOT NULL,
+        status      INTEGER,
+        reason      TEXT    NOT NULL,
+        at          TEXT    NOT NULL,
+        retry       INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (sink, seqno)
+    );",
 ];
 
 /// A connection to the store, for reading (or, inside the writer, writing).
@@ -134,6 +163,53 @@ pub struct LinkCounters {
     pub noise_bytes: u64,
     pub faults: u64,
     pub reconnects: u64,
+}
+
+/// An event with its place in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seqno: i64,
+    pub event: Event,
+}
+
+/// A sink's position over the events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkCursor {
+    /// Every event up to this seqno is delivered or dead-lettered.
+    pub delivered_seqno: i64,
+    pub in_flight: Option<InFlightBatch>,
+}
+
+/// A batch that was being sent: resent as it is, with the same id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InFlightBatch {
+    pub batch_id: String,
+    pub first_seqno: i64,
+    pub last_seqno: i64,
+}
+
+const EVENT_COLUMNS: &str = "seqno, id, type, ts, tz_offset_min, device, model, unit, key, answer, question, seq, rssi, battery, suppressed";
+
+fn stored_event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seqno: row.get(0)?,
+        event: Event {
+            id: row.get(1)?,
+            event_type: row.get(2)?,
+            ts: row.get(3)?,
+            tz_offset_min: row.get(4)?,
+            device: row.get(5)?,
+            model: row.get(6)?,
+            unit: row.get(7)?,
+            key: row.get(8)?,
+            answer: row.get(9)?,
+            question: row.get(10)?,
+            seq: row.get(11)?,
+            rssi: row.get(12)?,
+            battery: row.get(13)?,
+            suppressed: row.get(14)?,
+        },
+    })
 }
 
 /// A press as the duplicate filter needs it after a restart.
@@ -185,6 +261,10 @@ impl Store {
     }
 
     fn configure(&self) -> Result<(), StoreError> {
+        // Freed pages can be handed back to the filesystem (a no-op on a
+        // store created before; it only applies before the first table).
+        self.connection
+            .pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         // WAL: readers never block the writer. FULL: a commit survives a
         // power cut, which is the whole promise of the store.
         self.connection.pragma_update(None, "journal_mode", "WAL")?;
@@ -219,6 +299,73 @@ impl Store {
         Ok(self
             .connection
             .query_row("SELECT count(*) FROM events", [], |row| row.get(0))?)
+    }
+
+    /// The seqno of the newest event (0 for an empty store).
+    pub fn last_seqno(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT coalesce(max(seqno), 0) FROM events", [], |row| {
+                row.get(0)
+            })?)
+    }
+
+    /// Up to `limit` events after `after_seqno`, in store order.
+    pub fn events_after(
+        &self,
+        after_seqno: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut statement = self.connection.prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seqno > ?1 ORDER BY seqno LIMIT ?2"
+        ))?;
+        let rows =
+            statement.query_map(params![after_seqno, limit as i64], stored_event_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The events with seqno from `first` to `last`, in store order.
+    pub fn events_between(&self, first: i64, last: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut statement = self.connection.prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seqno BETWEEN ?1 AND ?2 ORDER BY seqno"
+        ))?;
+        let rows = statement.query_map(params![first, last], stored_event_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Where `sink` stands: its cursor and the batch it has in flight.
+    pub fn sink_cursor(&self, sink: &str) -> Result<SinkCursor, StoreError> {
+        let cursor = self
+            .connection
+            .query_row(
+                "SELECT delivered_seqno, batch_id, batch_first, batch_last FROM sinks WHERE name = ?1",
+                [sink],
+                |row| {
+                    let in_flight = match (row.get(1)?, row.get(2)?, row.get(3)?) {
+                        (Some(batch_id), Some(first_seqno), Some(last_seqno)) => Some(InFlightBatch {
+                            batch_id,
+                            first_seqno,
+                            last_seqno,
+                        }),
+                        _ => None,
+                    };
+                    Ok(SinkCursor {
+                        delivered_seqno: row.get(0)?,
+                        in_flight,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(cursor.unwrap_or_default())
+    }
+
+    /// The dead letters of `sink` that a user asked to send again.
+    pub fn dead_letters_to_retry(&self, sink: &str) -> Result<Vec<i64>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT seqno FROM dead_letters WHERE sink = ?1 AND retry = 1 ORDER BY seqno",
+        )?;
+        let rows = statement.query_map([sink], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The greatest event id so far, so new ids keep sorting after it even

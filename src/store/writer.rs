@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use ulid::Ulid;
 
 use super::{LinkCounters, Store, StoreError};
@@ -101,6 +101,68 @@ enum Command {
     Daemon(DaemonReport),
     /// Answered once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
+    /// Answered once the update is committed.
+    Sink(SinkUpdate, oneshot::Sender<()>),
+}
+
+/// A sink's progress, written by the writer like everything else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkUpdate {
+    /// The batch about to be sent: every retry, also after a restart,
+    /// sends exactly this batch id with exactly these events.
+    Begin {
+        sink: String,
+        batch_id: String,
+        first_seqno: i64,
+        last_seqno: i64,
+    },
+    /// The backend took every event through `through_seqno` (`count` of them).
+    Delivered {
+        sink: String,
+        through_seqno: i64,
+        count: u64,
+    },
+    /// The backend rejects this event on its own: it is kept as a dead
+    /// letter and the cursor moves past it.
+    DeadLetter {
+        sink: String,
+        seqno: i64,
+        event_id: String,
+        status: Option<u16>,
+        reason: String,
+    },
+    /// A dead letter sent again by request was accepted.
+    Redelivered { sink: String, seqno: i64 },
+    /// A dead letter sent again by request was rejected again.
+    RetryRejected {
+        sink: String,
+        seqno: i64,
+        reason: String,
+    },
+    /// What `status` shows for the sink.
+    State {
+        sink: String,
+        state: SinkState,
+        last_error: Option<String>,
+    },
+}
+
+/// ok | retrying | paused, as in the status contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkState {
+    Ok,
+    Retrying,
+    Paused,
+}
+
+impl SinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkState::Ok => "ok",
+            SinkState::Retrying => "retrying",
+            SinkState::Paused => "paused",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -115,6 +177,7 @@ enum DaemonReport {
 #[derive(Clone)]
 pub struct StoreHandle {
     sender: mpsc::Sender<Command>,
+    last_seqno: watch::Receiver<i64>,
 }
 
 impl StoreHandle {
@@ -150,6 +213,18 @@ impl StoreHandle {
 
     pub async fn daemon_stopped(&self) -> Result<(), StoreError> {
         self.send(Command::Daemon(DaemonReport::Stopped)).await
+    }
+
+    /// Commits a sink's progress and waits until it is durable.
+    pub async fn update_sink(&self, update: SinkUpdate) -> Result<(), StoreError> {
+        let (done, committed) = oneshot::channel();
+        self.send(Command::Sink(update, done)).await?;
+        committed.await.map_err(|_| StoreError::WriterGone)
+    }
+
+    /// The seqno of the newest committed event, updated after each commit.
+    pub fn committed_seqno(&self) -> watch::Receiver<i64> {
+        self.last_seqno.clone()
     }
 
     /// Waits until everything queued before this call is committed.
@@ -190,12 +265,15 @@ pub fn spawn(
         .spawn(move || run_checkpoints(&checkpoints, &checkpoint_stop))
         .map_err(StoreError::Thread)?;
 
+    let last_seqno = store.last_seqno()?;
+    let (seqno_sender, seqno_receiver) = watch::channel(last_seqno);
     let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
     let mut writer = Writer {
         store,
         receiver,
         options,
         last_id,
+        seqno_sender,
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
@@ -214,7 +292,13 @@ pub fn spawn(
             }
         })
         .map_err(StoreError::Thread)?;
-    Ok((StoreHandle { sender }, thread))
+    Ok((
+        StoreHandle {
+            sender,
+            last_seqno: seqno_receiver,
+        },
+        thread,
+    ))
 }
 
 /// How often the background checkpointer runs.
@@ -238,6 +322,7 @@ struct Writer {
     receiver: mpsc::Receiver<Command>,
     options: WriterOptions,
     last_id: Ulid,
+    seqno_sender: watch::Sender<i64>,
 }
 
 /// Press counters of one batch, applied to `devices` and `units` once.
@@ -275,7 +360,7 @@ impl Writer {
                         let _ = reply.send(message);
                     }
                     for command in batch.drain(..) {
-                        if let Command::Flush(done) = command {
+                        if let Command::Flush(done) | Command::Sink(_, done) = command {
                             let _ = done.send(());
                         }
                     }
@@ -334,6 +419,7 @@ impl Writer {
                 Command::Device(report) => upsert_device(&transaction, report)?,
                 Command::Unit(report) => upsert_unit(&transaction, report, 0)?,
                 Command::Daemon(report) => record_daemon(&transaction, *report)?,
+                Command::Sink(update, _) => apply_sink_update(&transaction, update)?,
                 Command::Flush(_) => {}
             }
         }
@@ -356,8 +442,12 @@ impl Writer {
             };
             upsert_unit(&transaction, &report, *presses)?;
         }
+        let newest_seqno = (!device_totals.is_empty()).then(|| transaction.last_insert_rowid());
         transaction.commit()?;
         self.last_id = last_id;
+        if let Some(seqno) = newest_seqno {
+            self.seqno_sender.send_replace(seqno);
+        }
         Ok(replies)
     }
 }
@@ -457,6 +547,88 @@ fn upsert_unit(
         report.rssi,
         presses,
     ])?;
+    Ok(())
+}
+
+fn apply_sink_update(transaction: &Transaction<'_>, update: &SinkUpdate) -> rusqlite::Result<()> {
+    let now = format_timestamp(Utc::now());
+    let sink = match update {
+        SinkUpdate::Begin { sink, .. }
+        | SinkUpdate::Delivered { sink, .. }
+        | SinkUpdate::DeadLetter { sink, .. }
+        | SinkUpdate::Redelivered { sink, .. }
+        | SinkUpdate::RetryRejected { sink, .. }
+        | SinkUpdate::State { sink, .. } => sink,
+    };
+    transaction.execute(
+        "INSERT INTO sinks (name, updated_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+        params![sink, now],
+    )?;
+    match update {
+        SinkUpdate::Begin {
+            batch_id,
+            first_seqno,
+            last_seqno,
+            ..
+        } => transaction.execute(
+            "UPDATE sinks SET batch_id = ?2, batch_first = ?3, batch_last = ?4, updated_at = ?5
+             WHERE name = ?1",
+            params![sink, batch_id, first_seqno, last_seqno, now],
+        )?,
+        SinkUpdate::Delivered {
+            through_seqno,
+            count,
+            ..
+        } => transaction.execute(
+            "UPDATE sinks SET delivered_seqno = max(delivered_seqno, ?2), delivered = delivered + ?3,
+                 last_success_at = ?4, state = 'ok', last_error = NULL,
+                 batch_id = NULL, batch_first = NULL, batch_last = NULL, updated_at = ?4
+             WHERE name = ?1",
+            params![sink, through_seqno, count, now],
+        )?,
+        SinkUpdate::DeadLetter {
+            seqno,
+            event_id,
+            status,
+            reason,
+            ..
+        } => {
+            transaction.execute(
+                "INSERT INTO dead_letters (sink, seqno, event_id, status, reason, at, retry)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)
+                 ON CONFLICT (sink, seqno) DO UPDATE SET
+                     status = excluded.status, reason = excluded.reason, at = excluded.at, retry = 0",
+                params![sink, seqno, event_id, status, reason, now],
+            )?;
+            transaction.execute(
+                "UPDATE sinks SET delivered_seqno = max(delivered_seqno, ?2),
+                     batch_id = NULL, batch_first = NULL, batch_last = NULL, updated_at = ?3
+                 WHERE name = ?1",
+                params![sink, seqno, now],
+            )?
+        }
+        SinkUpdate::Redelivered { seqno, .. } => {
+            transaction.execute(
+                "DELETE FROM dead_letters WHERE sink = ?1 AND seqno = ?2",
+                params![sink, seqno],
+            )?;
+            transaction.execute(
+                "UPDATE sinks SET delivered = delivered + 1, last_success_at = ?2, updated_at = ?2
+                 WHERE name = ?1",
+                params![sink, now],
+            )?
+        }
+        SinkUpdate::RetryRejected { seqno, reason, .. } => transaction.execute(
+            "UPDATE dead_letters SET retry = 0, reason = ?3, at = ?4 WHERE sink = ?1 AND seqno = ?2",
+            params![sink, seqno, reason, now],
+        )?,
+        SinkUpdate::State {
+            state, last_error, ..
+        } => transaction.execute(
+            "UPDATE sinks SET state = ?2, last_error = ?3, updated_at = ?4 WHERE name = ?1",
+            params![sink, state.as_str(), last_error, now],
+        )?,
+    };
     Ok(())
 }
 

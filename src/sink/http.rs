@@ -1,0 +1,345 @@
+//! HTTP sink: one POST per batch, exactly as `shared/spec/upload-v1.md`
+//! says — `json` (one batch object) or `ndjson` (one event per line), the
+//! contract's headers with `Idempotency-Key` = batch id, optional gzip,
+//! rustls for TLS (an extra CA file for private backends), a proxy from the
+//! config or the usual environment variables. The bearer token is marked
+//! sensitive and never printed.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use chrono::Utc;
+use reqwest::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+};
+use serde::Serialize;
+
+use super::policy::Outcome;
+use super::{AgentInfo, SinkError};
+use crate::config::{HttpFormat, HttpSinkSettings, TokenSource};
+use crate::event::{format_timestamp, Event};
+use crate::store::StoredEvent;
+
+/// The batch object of the `json` format.
+#[derive(Serialize)]
+struct BatchBody<'a> {
+    schema: &'static str,
+    agent: AgentBody<'a>,
+    batch_id: &'a str,
+    sent_at: String,
+    events: Vec<&'a Event>,
+}
+
+#[derive(Serialize)]
+struct AgentBody<'a> {
+    id: &'a str,
+    location: Option<&'a str>,
+    version: &'a str,
+}
+
+/// One line of the `ndjson` format: the event plus who sent it.
+#[derive(Serialize)]
+struct NdjsonLine<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    agent_id: &'a str,
+    location: Option<&'a str>,
+}
+
+pub struct HttpSink {
+    name: String,
+    client: reqwest::Client,
+    url: String,
+    format: HttpFormat,
+    gzip: bool,
+    token_source: TokenSource,
+    /// The resolved `Authorization` value; `None` when no token is set up
+    /// or it could not be read (then `token_error` says why).
+    authorization: Option<HeaderValue>,
+    token_error: Option<String>,
+    agent: AgentInfo,
+}
+
+impl HttpSink {
+    pub fn new(
+        name: &str,
+        settings: &HttpSinkSettings,
+        agent: AgentInfo,
+    ) -> Result<HttpSink, SinkError> {
+        let setup = |message: String| SinkError::Setup {
+            sink: name.to_string(),
+            message,
+        };
+        let mut builder = reqwest::Client::builder()
+            .user_agent(format!("epm-agent/{}", agent.version))
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            // A redirect would turn the POST into a GET: report it instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(false);
+        if let Some(ca_file) = &settings.ca_file {
+            builder = builder.add_root_certificate(read_certificate(ca_file).map_err(setup)?);
+        }
+        if let Some(proxy) = &settings.proxy {
+            let proxy = reqwest::Proxy::all(proxy)
+                .map_err(|error| setup(format!("proxy {proxy}: {error}")))?;
+            builder = builder.proxy(proxy);
+        }
+        let client = builder
+            .build()
+            .map_err(|error| setup(format!("cannot set up the HTTP client: {error}")))?;
+        let mut sink = HttpSink {
+            name: name.to_string(),
+            client,
+            url: settings.url.clone(),
+            format: settings.format,
+            gzip: settings.gzip,
+            token_source: settings.token.clone(),
+            authorization: None,
+            token_error: None,
+            agent,
+        };
+        sink.refresh_token();
+        if let Some(error) = &sink.token_error {
+            // Not fatal: the sink pauses and reads the token again later.
+            tracing::error!(sink = %sink.name, "{error}");
+        }
+        Ok(sink)
+    }
+
+    /// Reads the token again from its source (environment or file).
+    pub fn refresh_token(&mut self) {
+        match resolve_token(&self.token_source) {
+            Ok(Some(token)) => match HeaderValue::from_str(&format!("Bearer {token}")) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    self.authorization = Some(value);
+                    self.token_error = None;
+                }
+                Err(_) => {
+                    self.authorization = None;
+                    self.token_error =
+                        Some("the token holds characters not allowed in an HTTP header".into());
+                }
+            },
+            Ok(None) => {
+                self.authorization = None;
+                self.token_error = None;
+            }
+            Err(error) => {
+                self.authorization = None;
+                self.token_error = Some(error);
+            }
+        }
+    }
+
+    /// Sends one batch and says how it went.
+    pub async fn deliver(&mut self, batch_id: &str, events: &[StoredEvent]) -> Outcome {
+        if let Some(error) = &self.token_error {
+            return Outcome::Misconfigured(error.clone());
+        }
+        let (content_type, body) = match self.encode(batch_id, events) {
+            Ok(encoded) => encoded,
+            Err(error) => return Outcome::Local(format!("cannot encode the batch: {error}")),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let Ok(value) = HeaderValue::from_str(batch_id) {
+            headers.insert("idempotency-key", value);
+        }
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_str(&format!("epm-agent/{}", self.agent.version))
+                .unwrap_or(HeaderValue::from_static("epm-agent")),
+        );
+        if let Some(authorization) = &self.authorization {
+            headers.insert(AUTHORIZATION, authorization.clone());
+        }
+        if self.gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        let response = self
+            .client
+            .post(&self.url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await;
+        match response {
+            Ok(response) => {
+                let code = response.status().as_u16();
+                if (200..300).contains(&code) {
+                    return Outcome::Accepted;
+                }
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| parse_retry_after(value, SystemTime::now()));
+                Outcome::Status { code, retry_after }
+            }
+            Err(error) => Outcome::Transport(describe_error(&error)),
+        }
+    }
+
+    fn encode(
+        &self,
+        batch_id: &str,
+        events: &[StoredEvent],
+    ) -> Result<(&'static str, Vec<u8>), std::io::Error> {
+        let mut plain = Vec::with_capacity(events.len() * 320 + 256);
+        let content_type = match self.format {
+            HttpFormat::Json => {
+                let body = BatchBody {
+                    schema: "epm-agent.batch.v1",
+                    agent: AgentBody {
+                        id: &self.agent.id,
+                        location: self.agent.location.as_deref(),
+                        version: self.agent.version,
+                    },
+                    batch_id,
+                    sent_at: format_timestamp(Utc::now()),
+                    events: events.iter().map(|stored| &stored.event).collect(),
+                };
+                serde_json::to_writer(&mut plain, &body)?;
+                "application/json"
+            }
+            HttpFormat::Ndjson => {
+                for stored in events {
+                    let line = NdjsonLine {
+                        event: &stored.event,
+                        agent_id: &self.agent.id,
+                        location: self.agent.location.as_deref(),
+                    };
+                    serde_json::to_writer(&mut plain, &line)?;
+                    plain.push(b'\n');
+                }
+                "application/x-ndjson"
+            }
+        };
+        if !self.gzip {
+            return Ok((content_type, plain));
+        }
+        let mut encoder = flate2::write::GzEncoder::new(
+            Vec::with_capacity(plain.len() / 4),
+            flate2::Compression::fast(),
+        );
+        encoder.write_all(&plain)?;
+        Ok((content_type, encoder.finish()?))
+    }
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The error without the URL (which might carry credentials), with its causes.
+fn describe_error(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else if error.is_body() || error.is_request() {
+        "request failed"
+    } else {
+        "failed"
+    };
+    let mut message = kind.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+fn resolve_token(source: &TokenSource) -> Result<Option<String>, String> {
+    match source {
+        TokenSource::None => Ok(None),
+        TokenSource::Inline(token) => Ok(Some(token.clone())),
+        TokenSource::Environment(name) => match std::env::var(name) {
+            Ok(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_string())),
+            _ => Err(format!(
+                "token_env {name} is not set in the agent's environment (for the service: an Environment= or EnvironmentFile= line)"
+            )),
+        },
+        TokenSource::File(path) => {
+            warn_if_readable_by_others(path);
+            match std::fs::read_to_string(path) {
+                Ok(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_string())),
+                Ok(_) => Err(format!("token_file {} is empty", path.display())),
+                Err(error) => Err(format!("cannot read token_file {}: {error}", path.display())),
+            }
+        }
+    }
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            if metadata.permissions().mode() & 0o004 != 0 {
+                tracing::warn!(
+                    "token_file {} is readable by every user: chmod 600 it (or 640 with the service's group)",
+                    path.display()
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+fn read_certificate(path: &Path) -> Result<reqwest::Certificate, String> {
+    let pem = std::fs::read(path)
+        .map_err(|error| format!("cannot read ca_file {}: {error}", path.display()))?;
+    reqwest::Certificate::from_pem(&pem).map_err(|error| {
+        format!(
+            "ca_file {} is not a PEM certificate: {error}",
+            path.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let check = |value: &str, expected: Option<Duration>| {
+            assert_eq!(parse_retry_after(value, now), expected, "{value:?}");
+        };
+        check("1", Some(Duration::from_secs(1)));
+        check(" 120 ", Some(Duration::from_secs(120)));
+        check(
+            &httpdate::fmt_http_date(now + Duration::from_secs(30)),
+            Some(Duration::from_secs(30)),
+        );
+        check(
+            &httpdate::fmt_http_date(now - Duration::from_secs(30)),
+            Some(Duration::ZERO),
+        );
+        check("soon", None);
+        check("-5", None);
+    }
+
+    #[test]
+    fn a_missing_token_variable_names_the_variable_not_a_value() {
+        let error = resolve_token(&TokenSource::Environment(
+            "EPM_TEST_SURELY_UNSET_TOKEN".into(),
+        ))
+        .expect_err("unset variable");
+        assert!(error.contains("EPM_TEST_SURELY_UNSET_TOKEN"), "{error}");
+    }
+}

@@ -1,0 +1,419 @@
+//! Delivery of stored events to the configured sinks
+//! (`shared/spec/upload-v1.md`). One task per `[[sink]]`, each with its own
+//! cursor over the store's events, so a slow or dead sink never holds back
+//! another sink or the ingest path.
+//!
+//! A sink task reads the next batch in store order (bounded: the backlog is
+//! never loaded into memory), records it as in flight (id and seqno range)
+//! before the first send, sends it, and moves its cursor only after
+//! success, in one committed update. A retry, also after a restart, resends
+//! exactly the batch in flight: same id, same events. What to do after an
+//! answer is [`policy::decide`].
+
+pub mod file;
+pub mod http;
+pub mod policy;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
+
+use crate::config::{AgentSettings, SinkKind, SinkSettings};
+use crate::store::{
+    InFlightBatch, SinkState, SinkUpdate, Store, StoreError, StoreHandle, StoredEvent,
+};
+use policy::{Action, Outcome};
+
+/// Who is sending: goes into every batch (`agent`) and ndjson line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub id: String,
+    pub location: Option<String>,
+    pub version: &'static str,
+}
+
+impl AgentInfo {
+    pub fn new(settings: &AgentSettings) -> AgentInfo {
+        AgentInfo {
+            id: settings.id.clone(),
+            location: settings.location.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+/// A sink that cannot start: the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink {sink}: {message}")]
+    Setup { sink: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where a sink's batches go.
+pub enum Transport {
+    Http(Box<http::HttpSink>),
+    File(file::FileSink),
+}
+
+impl Transport {
+    pub fn new(settings: &SinkSettings, agent: AgentInfo) -> Result<Transport, SinkError> {
+        match &settings.kind {
+            SinkKind::Http(http) => Ok(Transport::Http(Box::new(http::HttpSink::new(
+                &settings.name,
+                http,
+                agent,
+            )?))),
+            SinkKind::File(file) => Ok(Transport::File(file::FileSink::new(
+                &settings.name,
+                file,
+                agent,
+            )?)),
+        }
+    }
+
+    async fn deliver(&mut self, batch_id: &str, events: &[StoredEvent]) -> Outcome {
+        match self {
+            Transport::Http(sink) => sink.deliver(batch_id, events).await,
+            Transport::File(sink) => sink.deliver(batch_id, events).await,
+        }
+    }
+
+    /// After a pause: a rotated token file or a fixed environment is
+    /// picked up without restarting the agent.
+    fn refresh(&mut self) {
+        if let Transport::Http(sink) = self {
+            sink.refresh_token();
+        }
+    }
+}
+
+/// Runs one sink until `shutdown`. Fails only when the store is gone.
+pub async fn run(
+    settings: SinkSettings,
+    transport: Transport,
+    data_dir: PathBuf,
+    store: StoreHandle,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let reader = Store::open_reader(&data_dir)?;
+    let mut task = SinkTask {
+        batch_limit: settings.batch_size,
+        settings,
+        transport,
+        reader: Some(reader),
+        committed: store.committed_seqno(),
+        store,
+        failures: 0,
+        state: SinkState::Ok,
+    };
+    task.run(&shutdown).await
+}
+
+struct SinkTask {
+    settings: SinkSettings,
+    transport: Transport,
+    /// A read-only connection; lent to a blocking thread for each read.
+    reader: Option<Store>,
+    store: StoreHandle,
+    committed: watch::Receiver<i64>,
+    /// At most this many events per batch: `batch_size`, halved after a 413.
+    batch_limit: usize,
+    /// Failures in a row of the batch in flight.
+    failures: u32,
+    state: SinkState,
+}
+
+/// The batch being delivered.
+struct Batch {
+    id: String,
+    events: Vec<StoredEvent>,
+}
+
+impl SinkTask {
+    async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), StoreError> {
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            self.retry_dead_letters(shutdown).await?;
+            let Some(batch) = self.next_batch(shutdown).await? else {
+                continue; // woken without a batch: shutdown or new events
+            };
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()), // the batch stays in flight
+                outcome = self.transport.deliver(&batch.id, &batch.events) => outcome,
+            };
+            self.settle(batch, outcome, shutdown).await?;
+        }
+    }
+
+    /// The batch in flight, or a new one from the cursor (recorded as in
+    /// flight before it is returned). Waits up to `flush_interval` for a
+    /// partial batch to fill, and for new events when there are none.
+    async fn next_batch(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Batch>, StoreError> {
+        let name = self.settings.name.clone();
+        let cursor = self.read(move |store| store.sink_cursor(&name)).await?;
+        if let Some(InFlightBatch {
+            batch_id,
+            first_seqno,
+            last_seqno,
+        }) = cursor.in_flight
+        {
+            let events = self
+                .read(move |store| store.events_between(first_seqno, last_seqno))
+                .await?;
+            if !events.is_empty() {
+                return Ok(Some(Batch {
+                    id: batch_id,
+                    events,
+                }));
+            }
+            // Nothing left of it (removed by hand?): start afresh after it.
+            tracing::warn!(sink = %self.settings.name, batch_id, "the batch in flight has no events left; skipping it");
+            self.store
+                .update_sink(SinkUpdate::Delivered {
+                    sink: self.settings.name.clone(),
+                    through_seqno: last_seqno,
+                    count: 0,
+                })
+                .await?;
+            return Ok(None);
+        }
+
+        let after = cursor.delivered_seqno;
+        let limit = self.batch_limit;
+        let mut events = self
+            .read(move |store| store.events_after(after, limit))
+            .await?;
+        if events.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                changed = self.committed.changed() => changed.map_err(|_| StoreError::WriterGone)?,
+            }
+            return Ok(None);
+        }
+        if events.len() < limit {
+            // Let a partial batch fill for up to flush_interval: a busy shop
+            // sends full batches, a quiet one still sends within a second.
+            let deadline = tokio::time::Instant::now() + self.settings.flush_interval;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    changed = tokio::time::timeout_at(deadline, self.committed.changed()) => match changed {
+                        Ok(Ok(())) if *self.committed.borrow_and_update() - after < limit as i64 => continue,
+                        Ok(_) | Err(_) => break,
+                    },
+                }
+            }
+            events = self
+                .read(move |store| store.events_after(after, limit))
+                .await?;
+        }
+        let batch = Batch {
+            id: Ulid::generate().to_string(),
+            events,
+        };
+        self.begin(&batch).await?;
+        Ok(Some(batch))
+    }
+
+    async fn begin(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let (first, last) = seqno_range(&batch.events);
+        self.store
+            .update_sink(SinkUpdate::Begin {
+                sink: self.settings.name.clone(),
+                batch_id: batch.id.clone(),
+                first_seqno: first,
+                last_seqno: last,
+            })
+            .await
+    }
+
+    /// Acts on the answer to `batch`.
+    async fn settle(
+        &mut self,
+        batch: Batch,
+        outcome: Outcome,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let action = policy::decide(
+            &outcome,
+            self.failures,
+            self.settings.max_backoff,
+            fastrand::f64(),
+        );
+        let name = self.settings.name.clone();
+        match action {
+            Action::Delivered => {
+                let (_, last) = seqno_range(&batch.events);
+                self.store
+                    .update_sink(SinkUpdate::Delivered {
+                        sink: name.clone(),
+                        through_seqno: last,
+                        count: batch.events.len() as u64,
+                    })
+                    .await?;
+                if self.state != SinkState::Ok {
+                    tracing::info!(sink = %name, "delivering again after {} failed attempts", self.failures);
+                }
+                self.failures = 0;
+                self.state = SinkState::Ok;
+            }
+            Action::Retry { delay, reason } => {
+                self.fail(SinkState::Retrying, &reason, delay).await?;
+                sleep_or_shutdown(delay, shutdown).await;
+            }
+            Action::Pause { delay, reason } => {
+                self.fail(SinkState::Paused, &reason, delay).await?;
+                sleep_or_shutdown(delay, shutdown).await;
+                self.transport.refresh();
+            }
+            Action::Halve { reason } => {
+                self.batch_limit = (batch.events.len() / 2).max(1);
+                tracing::warn!(sink = %name, "{reason}: sending at most {} events per batch from now on", self.batch_limit);
+                self.narrow(batch, None, &reason).await?;
+            }
+            Action::Split { status, reason } => {
+                self.narrow(batch, Some(status), &reason).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the batch in flight by its first half; a batch of one event
+    /// that is still refused becomes a dead letter.
+    async fn narrow(
+        &mut self,
+        batch: Batch,
+        status: Option<u16>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.failures = 0;
+        if let [only] = batch.events.as_slice() {
+            tracing::warn!(
+                sink = %self.settings.name,
+                event = %only.event.id,
+                "{reason}: the backend rejects this event; kept as a dead letter (`epm-agent deadletter retry` sends it again)"
+            );
+            return self
+                .store
+                .update_sink(SinkUpdate::DeadLetter {
+                    sink: self.settings.name.clone(),
+                    seqno: only.seqno,
+                    event_id: only.event.id.clone(),
+                    status,
+                    reason: reason.to_string(),
+                })
+                .await;
+        }
+        let mut events = batch.events;
+        events.truncate(events.len() / 2);
+        let half = Batch {
+            id: Ulid::generate().to_string(),
+            events,
+        };
+        tracing::debug!(sink = %self.settings.name, "{reason}: trying the first {} events alone", half.events.len());
+        self.begin(&half).await
+    }
+
+    async fn fail(
+        &mut self,
+        state: SinkState,
+        reason: &str,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        if self.failures == 0 || self.state != state {
+            match state {
+                SinkState::Paused => {
+                    tracing::error!(sink = %self.settings.name, "{reason}; paused, every event kept, next try in {delay:?}")
+                }
+                _ => tracing::warn!(sink = %self.settings.name, "{reason}; retrying in {delay:?}"),
+            }
+        } else {
+            tracing::debug!(sink = %self.settings.name, attempt = self.failures + 1, "{reason}; retrying in {delay:?}");
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.state = state;
+        self.store
+            .update_sink(SinkUpdate::State {
+                sink: self.settings.name.clone(),
+                state,
+                last_error: Some(reason.to_string()),
+            })
+            .await
+    }
+
+    /// Sends again, one at a time, the dead letters a user asked to retry.
+    async fn retry_dead_letters(&mut self, shutdown: &CancellationToken) -> Result<(), StoreError> {
+        let name = self.settings.name.clone();
+        let seqnos = self
+            .read(move |store| store.dead_letters_to_retry(&name))
+            .await?;
+        for seqno in seqnos {
+            let events = self
+                .read(move |store| store.events_between(seqno, seqno))
+                .await?;
+            let batch_id = Ulid::generate().to_string();
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                outcome = self.transport.deliver(&batch_id, &events) => outcome,
+            };
+            let update = match policy::decide(&outcome, 0, self.settings.max_backoff, 0.0) {
+                Action::Delivered => SinkUpdate::Redelivered {
+                    sink: self.settings.name.clone(),
+                    seqno,
+                },
+                Action::Split { reason, .. } | Action::Halve { reason } => {
+                    SinkUpdate::RetryRejected {
+                        sink: self.settings.name.clone(),
+                        seqno,
+                        reason,
+                    }
+                }
+                // The backend is not taking anything now: leave the request
+                // standing and let the main loop deal with the outage.
+                Action::Retry { .. } | Action::Pause { .. } => return Ok(()),
+            };
+            self.store.update_sink(update).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a read on the blocking pool with the sink's read connection.
+    async fn read<T: Send + 'static>(
+        &mut self,
+        query: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.reader.take().ok_or(StoreError::WriterGone)?;
+        let (store, result) = tokio::task::spawn_blocking(move || {
+            let result = query(&store);
+            (store, result)
+        })
+        .await
+        .map_err(|_| StoreError::WriterGone)?;
+        self.reader = Some(store);
+        result
+    }
+}
+
+fn seqno_range(events: &[StoredEvent]) -> (i64, i64) {
+    match (events.first(), events.last()) {
+        (Some(first), Some(last)) => (first.seqno, last.seqno),
+        _ => (0, 0),
+    }
+}
+
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}
