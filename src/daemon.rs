@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::driver::{self, Restored};
 use crate::sink::{self, AgentInfo, Transport};
-use crate::store::{writer, Store, WriterOptions};
+use crate::store::{retention, writer, Store, WriterOptions};
 
 /// How often the daemon tells the store it is alive (read by `status`).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -63,6 +63,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             shutdown.clone(),
         );
         tasks.spawn(async move { (name, task.await) });
+    }
+    {
+        let sinks = settings
+            .sinks
+            .iter()
+            .map(|sink| sink.name.clone())
+            .collect();
+        let task = retention::run(
+            settings.store.clone(),
+            sinks,
+            settings.agent.data_dir.clone(),
+            handle.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move { ("housekeeping".to_string(), task.await) });
     }
     let heartbeat_handle = handle.clone();
     let heartbeat_stop = shutdown.clone();

@@ -5,15 +5,18 @@
 //! proptest properties (no panic, bounded buffer, no invented press, a valid
 //! frame is found in any noise, even noise that fakes a frame start).
 
-use std::path::PathBuf;
+mod codec_support;
 
 use bytes::BytesMut;
+use codec_support::{
+    bad, check, decode_in_chunks, encode_outbound, fixture_text, is_found_in_noise, round_trips,
+};
 use epm_agent::protocol::prolan501::{self, Codec};
 use epm_agent::protocol::{
     BadFrame, Decoded, Heartbeat, Identity, Inbound, Outbound, Press, UnitId,
 };
 use proptest::prelude::*;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 const REMOTE: UnitId = UnitId(0x301A_0002);
 
@@ -21,16 +24,7 @@ const REMOTE: UnitId = UnitId(0x301A_0002);
 /// the end of the line; everything else is bytes as two hex digits, separated
 /// by white space.
 fn fixture(name: &str) -> Vec<u8> {
-    let path: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "fixtures",
-        "prolan501",
-        &format!("{name}.hex"),
-    ]
-    .iter()
-    .collect();
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+    let (path, text) = fixture_text("prolan501", &format!("{name}.hex"));
     text.lines()
         .flat_map(|line| {
             line.split('#')
@@ -43,72 +37,6 @@ fn fixture(name: &str) -> Vec<u8> {
                 .unwrap_or_else(|_| panic!("bad byte {token:?} in {}", path.display()))
         })
         .collect()
-}
-
-/// Decodes `input` feeding the chunk lengths given (then the rest at once),
-/// then ends the stream. Asserts the buffer bound each time `decode` has
-/// nothing more to give. Returns the items and the noise count.
-fn decode_in_chunks(
-    input: &[u8],
-    chunk_lengths: impl IntoIterator<Item = usize>,
-) -> (Vec<Decoded>, u64) {
-    let mut codec = Codec::new();
-    let mut buffer = BytesMut::new();
-    let mut items = Vec::new();
-    let mut chunk_lengths = chunk_lengths.into_iter();
-    let mut rest = input;
-    while !rest.is_empty() {
-        let take = chunk_lengths
-            .next()
-            .unwrap_or(rest.len())
-            .clamp(1, rest.len());
-        buffer.extend_from_slice(&rest[..take]);
-        rest = &rest[take..];
-        while let Some(item) = codec.decode(&mut buffer).expect("decode never fails") {
-            items.push(item);
-        }
-        assert!(
-            buffer.len() < prolan501::MAX_FRAME_LEN,
-            "{} bytes left buffered",
-            buffer.len()
-        );
-    }
-    while let Some(item) = codec
-        .decode_eof(&mut buffer)
-        .expect("decode_eof never fails")
-    {
-        items.push(item);
-    }
-    assert!(buffer.is_empty(), "decode_eof left {} bytes", buffer.len());
-    (items, codec.noise_bytes())
-}
-
-/// Pseudo-random chunk lengths in 1..=64 (xorshift64), reproducible by seed.
-fn random_chunk_lengths(seed: u64) -> impl Iterator<Item = usize> {
-    let mut state = seed | 1;
-    std::iter::repeat_with(move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % 64) as usize + 1
-    })
-}
-
-/// Decodes `input` all at once, one byte at a time and in 8 pseudo-random
-/// chunkings: each must yield `expected` and count the same noise, which is
-/// returned.
-fn check(input: &[u8], expected: &[Decoded]) -> u64 {
-    let (items, noise_bytes) = decode_in_chunks(input, []);
-    assert_eq!(items, expected, "all at once");
-    let (items, one_byte_noise) = decode_in_chunks(input, std::iter::repeat(1));
-    assert_eq!(items, expected, "one byte at a time");
-    assert_eq!(one_byte_noise, noise_bytes, "noise, one byte at a time");
-    for seed in 1..=8 {
-        let (items, chunked_noise) = decode_in_chunks(input, random_chunk_lengths(seed));
-        assert_eq!(items, expected, "chunks of seed {seed}");
-        assert_eq!(chunked_noise, noise_bytes, "noise, chunks of seed {seed}");
-    }
-    noise_bytes
 }
 
 fn press(unit: UnitId, key: u8, seq: u16, rssi: i8, battery: Option<u8>) -> Decoded {
@@ -133,18 +61,6 @@ fn heartbeat(uptime_s: u32, remotes_heard: u8) -> Decoded {
         uptime_s,
         remotes_heard: Some(remotes_heard),
     }))
-}
-
-fn bad(reason: BadFrame) -> Decoded {
-    Decoded::Bad(reason)
-}
-
-fn encode_outbound(message: Outbound) -> BytesMut {
-    let mut out = BytesMut::new();
-    Codec::new()
-        .encode(message, &mut out)
-        .expect("encoding into a BytesMut never fails");
-    out
 }
 
 /// The spec's worked examples, exact bytes, and what they mean.
@@ -196,7 +112,7 @@ fn spec_examples() -> Vec<(Vec<u8>, Inbound)> {
 #[test]
 fn spec_examples_decode_exactly() {
     for (bytes, message) in spec_examples() {
-        check(&bytes, &[Decoded::Message(message)]);
+        check::<Codec>(&bytes, &[Decoded::Message(message)]);
     }
 }
 
@@ -221,13 +137,13 @@ fn fixture_spec_examples() {
         .into_iter()
         .map(|(_, message)| Decoded::Message(message))
         .collect();
-    let noise = check(&fixture("spec_examples"), &expected);
+    let noise = check::<Codec>(&fixture("spec_examples"), &expected);
     assert_eq!(noise, 0);
 }
 
 #[test]
 fn fixture_several_per_read() {
-    check(
+    check::<Codec>(
         &fixture("several_per_read"),
         &[
             spec_press(),
@@ -242,27 +158,22 @@ fn fixture_several_per_read() {
 
 #[test]
 fn fixture_noise_before_and_between_frames_is_skipped_and_counted() {
-    let noise = check(&fixture("noise"), &[spec_press(), heartbeat(125, 3)]);
+    let noise = check::<Codec>(&fixture("noise"), &[spec_press(), heartbeat(125, 3)]);
     assert_eq!(noise, 4 + 4 + 1);
 }
 
 #[test]
 fn fixture_len_out_of_range_drops_only_the_sync_byte() {
-    let noise = check(
+    let noise = check::<Codec>(
         &fixture("len_out_of_range"),
-        &[
-            bad(BadFrame::Length),
-            bad(BadFrame::Length),
-            bad(BadFrame::Length),
-            spec_press(),
-        ],
+        &[vec![bad(BadFrame::Length); 3], vec![spec_press()]].concat(),
     );
     assert_eq!(noise, 3);
 }
 
 #[test]
 fn fixture_bad_crc_drops_only_the_sync_byte() {
-    let noise = check(
+    let noise = check::<Codec>(
         &fixture("bad_crc"),
         &[bad(BadFrame::Crc), bad(BadFrame::Crc), spec_press()],
     );
@@ -271,7 +182,7 @@ fn fixture_bad_crc_drops_only_the_sync_byte() {
 
 #[test]
 fn fixture_unknown_type_is_consumed_whole() {
-    let noise = check(
+    let noise = check::<Codec>(
         &fixture("unknown_type"),
         &[
             Decoded::UnknownType(0x10),
@@ -285,21 +196,16 @@ fn fixture_unknown_type_is_consumed_whole() {
 
 #[test]
 fn fixture_wrong_shape_is_consumed_whole() {
-    let noise = check(
+    let noise = check::<Codec>(
         &fixture("wrong_shape"),
-        &[
-            bad(BadFrame::Shape),
-            bad(BadFrame::Shape),
-            bad(BadFrame::Shape),
-            heartbeat(120, 3),
-        ],
+        &[vec![bad(BadFrame::Shape); 3], vec![heartbeat(120, 3)]].concat(),
     );
     assert_eq!(noise, 0);
 }
 
 #[test]
 fn fixture_bad_field() {
-    check(
+    check::<Codec>(
         &fixture("bad_field"),
         &[
             bad(BadFrame::Field),
@@ -312,7 +218,7 @@ fn fixture_bad_field() {
 
 #[test]
 fn fixture_a5_in_payload() {
-    check(
+    check::<Codec>(
         &fixture("a5_in_payload"),
         &[
             press(UnitId(0xA5A5_A5A5), 5, 0xA5A5, -91, Some(87)),
@@ -323,27 +229,23 @@ fn fixture_a5_in_payload() {
 
 #[test]
 fn fixture_resync_through_payload() {
-    let length = bad(BadFrame::Length);
-    let noise = check(
+    let noise = check::<Codec>(
         &fixture("resync_through_payload"),
         &[
-            bad(BadFrame::Crc),
-            length.clone(),
-            length.clone(),
-            length.clone(),
-            bad(BadFrame::Crc),
-            length.clone(),
-            length.clone(),
-            length,
-            heartbeat(125, 3),
-        ],
+            vec![bad(BadFrame::Crc)],
+            vec![bad(BadFrame::Length); 3],
+            vec![bad(BadFrame::Crc)],
+            vec![bad(BadFrame::Length); 3],
+            vec![heartbeat(125, 3)],
+        ]
+        .concat(),
     );
     assert_eq!(noise, 2 + 1 + 3);
 }
 
 #[test]
 fn fixture_truncated_frame_then_good_frame() {
-    let noise = check(
+    let noise = check::<Codec>(
         &fixture("truncated_then_good"),
         &[bad(BadFrame::Crc), spec_press()],
     );
@@ -352,13 +254,13 @@ fn fixture_truncated_frame_then_good_frame() {
 
 #[test]
 fn fixture_false_sync_at_end_of_stream() {
-    let noise = check(&fixture("false_sync_at_end"), &[spec_press()]);
+    let noise = check::<Codec>(&fixture("false_sync_at_end"), &[spec_press()]);
     assert_eq!(noise, 2);
 }
 
 #[test]
 fn fixture_false_sync_mid_stream() {
-    let noise = check(
+    let noise = check::<Codec>(
         &fixture("false_sync_mid_stream"),
         &[
             bad(BadFrame::Crc),
@@ -392,7 +294,7 @@ fn partial_frame_stays_buffered_until_it_is_complete() {
 fn host_frames_are_exact() {
     // QUERY: sync, LEN 1, TYPE 81, CRC over 01 81.
     assert_eq!(
-        &encode_outbound(Outbound::Query)[..],
+        &encode_outbound::<Codec>(Outbound::Query)[..],
         &[0xA5, 0x01, 0x81, 0xAF, 0x97]
     );
     // ACK remote 0x301A0002 counter 258: sync, LEN 7, TYPE 82, id, counter, CRC.
@@ -401,7 +303,7 @@ fn host_frames_are_exact() {
         seq: 258,
     };
     assert_eq!(
-        &encode_outbound(ack)[..],
+        &encode_outbound::<Codec>(ack)[..],
         &[0xA5, 0x07, 0x82, 0x30, 0x1A, 0x00, 0x02, 0x01, 0x02, 0x2D, 0x57]
     );
 }
@@ -413,9 +315,9 @@ fn host_frames_round_trip_through_the_receiver_side() {
     // Noise, a bad LEN, a receiver HEARTBEAT (a type the receiver side skips).
     stream.extend_from_slice(&[0x00, 0xA5, 0x00, 0x13]);
     stream.extend_from_slice(&fixture("spec_examples")[26..36]);
-    stream.extend_from_slice(&encode_outbound(Outbound::Query));
+    stream.extend_from_slice(&encode_outbound::<Codec>(Outbound::Query));
     for (unit, seq) in acks {
-        stream.extend_from_slice(&encode_outbound(Outbound::Ack { unit, seq }));
+        stream.extend_from_slice(&encode_outbound::<Codec>(Outbound::Ack { unit, seq }));
     }
     stream.extend_from_slice(&[0xA5, 0x07, 0x82]);
 
@@ -532,7 +434,7 @@ proptest! {
         input in prop_oneof![sync_noise(600), proptest::collection::vec(any::<u8>(), 0..600)],
         chunk_lengths in proptest::collection::vec(1usize..=100, 0..20),
     ) {
-        let (items, _) = decode_in_chunks(&input, chunk_lengths);
+        let (items, _) = decode_in_chunks::<Codec>(&input, chunk_lengths);
         for item in items {
             if let Decoded::Message(Inbound::Press(press)) = item {
                 let mut spelled = vec![prolan501::SYNC, 0x0A, 0x02];
@@ -555,27 +457,14 @@ proptest! {
         suffix in sync_noise(100),
         chunk_lengths in proptest::collection::vec(1usize..=60, 0..20),
     ) {
-        let mut input = prefix;
-        let frame_start = input.len();
-        let mut frame = BytesMut::new();
-        prolan501::encode_inbound(&message, &mut frame);
-        input.extend_from_slice(&frame);
-        input.extend_from_slice(&suffix);
-        prop_assume!(!noise_forms_a_frame_over(&input, frame_start));
-        let (items, _) = decode_in_chunks(&input, chunk_lengths);
-        prop_assert!(items.contains(&Decoded::Message(message)), "{items:?}");
+        is_found_in_noise::<Codec>(message, prefix, &suffix, chunk_lengths, noise_forms_a_frame_over)?;
     }
 
     /// What the receiver side encodes, the host side decodes to the same
     /// message.
     #[test]
     fn receiver_frames_round_trip(message in receiver_message()) {
-        let mut frame = BytesMut::new();
-        prolan501::encode_inbound(&message, &mut frame);
-        prop_assert!(frame.len() <= prolan501::MAX_FRAME_LEN);
-        let (items, noise_bytes) = decode_in_chunks(&frame, []);
-        prop_assert_eq!(items, vec![Decoded::Message(message)]);
-        prop_assert_eq!(noise_bytes, 0);
+        round_trips::<Codec>(message)?;
     }
 
     /// What the host encodes, the receiver side decodes, also after noise.
@@ -587,7 +476,7 @@ proptest! {
         for message in [Outbound::Query, Outbound::Ack { unit: UnitId(unit), seq }] {
             let mut stream = BytesMut::from(&prefix[..]);
             let frame_start = stream.len();
-            stream.extend_from_slice(&encode_outbound(message));
+            stream.extend_from_slice(&encode_outbound::<Codec>(message));
             stream.extend_from_slice(&[0; prolan501::MAX_FRAME_LEN]);
             prop_assume!(!noise_forms_a_frame_over(&stream, frame_start));
             let mut decoded = Vec::new();

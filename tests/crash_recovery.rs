@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use support::{
     assert_nothing_stored_twice, keypad_press, DeviceConfig, EmulatorOptions, EventRow, TestDir,
-    KEYPAD_SERIAL,
+    COUNTERS_TIMEOUT, KEYPAD_SERIAL, START_TIMEOUT,
 };
 
 /// More presses than can be sent before the kill: the stream is still
@@ -26,12 +26,9 @@ const RUNNING_AFTER_ACKS: usize = 100;
 /// ...at the moment this press is written, in the middle of the next burst,
 /// while the agent is reading and committing it.
 const KILL_WHEN_SENT: usize = 110;
-const PRESSES_AFTER_RESTART: u16 = 5;
-
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the stream may take to reach either of those points.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(15);
-/// The duplicate counter is saved with the device's state, about once a second.
-const COUNTERS_TIMEOUT: Duration = Duration::from_secs(5);
+const PRESSES_AFTER_RESTART: u16 = 5;
 
 #[test]
 fn acked_presses_survive_kill_9_once_and_the_repeated_last_press_is_a_duplicate() {
@@ -46,16 +43,12 @@ fn acked_presses_survive_kill_9_once_and_the_repeated_last_press_is_a_duplicate(
             ..EmulatorOptions::keypad()
         },
     );
-    let config = dir.write_config(&[DeviceConfig {
-        name: "cashdesk".into(),
-        model: "prolan-202",
-        port: keypad.port_path().to_path_buf(),
-        question: "satisfied".into(),
-        keymap: DeviceConfig::keymap(&[(1, "yes"), (2, "neutral"), (3, "no")]),
-        min_interval_s: 0.0,
-    }]);
-    let mut agent = dir.spawn_agent(&config);
-    keypad.wait_for_query(1, START_TIMEOUT);
+    let config = dir.write_config(&[DeviceConfig::of(
+        &keypad,
+        "satisfied",
+        DeviceConfig::keymap(&[(1, "yes"), (2, "neutral"), (3, "no")]),
+    )]);
+    let mut agent = dir.start_agent(&config, &[&keypad]);
 
     // 1. Killed in the middle of a stream: some presses are committed and
     // acknowledged, some committed and not yet acknowledged, some read and
@@ -151,13 +144,7 @@ fn acked_presses_survive_kill_9_once_and_the_repeated_last_press_is_a_duplicate(
         sent.insert(seq);
     }
     keypad.wait_for_ack(KEYPAD_SERIAL, *next_seqs.end(), START_TIMEOUT);
-    agent.assert_running();
-    let status = agent.stop();
-    assert!(
-        status.success(),
-        "the agent did not stop cleanly: {status}{}",
-        dir.diagnostics().report()
-    );
+    agent.stop_cleanly();
 
     let mut acked_now = acked;
     acked_now.extend(keypad.observed().acks.iter().map(|&(_, seq)| seq));

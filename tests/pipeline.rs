@@ -12,7 +12,7 @@ use std::time::Duration;
 use epm_agent::protocol::{Press, UnitId};
 use support::{
     assert_nothing_stored_twice, keypad_press, radio_press, DeviceConfig, EmulatorOptions,
-    EventRow, TestDir, KEYPAD_SERIAL, RECEIVER_ID,
+    EventRow, TestDir, COUNTERS_TIMEOUT, KEYPAD_SERIAL, RECEIVER_ID, START_TIMEOUT,
 };
 
 const KEYPAD_PRESSES: usize = 100;
@@ -31,56 +31,33 @@ const CORRUPTED_REMOTE: UnitId = UnitId(0x301A_0F00);
 
 /// How long 300 presses may take to reach the store.
 const PIPELINE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Counters other than presses are saved about once a second.
-const COUNTERS_TIMEOUT: Duration = Duration::from_secs(5);
-const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[test]
 fn presses_over_noisy_lines_are_stored_once_with_their_fields_and_counted() {
     let dir = TestDir::new();
     let keypad = dir.keypad(
         "cashdesk",
-        EmulatorOptions {
-            heartbeat_every: Duration::from_millis(300),
-            max_noise_bytes: 12,
-            split_frames: true,
-            seed: 202,
-            ..EmulatorOptions::keypad()
-        },
+        busy_noisy_line(EmulatorOptions::keypad(), Duration::from_millis(300), 202),
     );
     let receiver = dir.receiver(
         "entrance",
-        EmulatorOptions {
-            heartbeat_every: Duration::from_millis(200),
-            max_noise_bytes: 12,
-            split_frames: true,
-            seed: 501,
-            ..EmulatorOptions::receiver()
-        },
+        busy_noisy_line(EmulatorOptions::receiver(), Duration::from_millis(200), 501),
     );
     let config = dir.write_config(&[
-        DeviceConfig {
-            name: "cashdesk".into(),
-            model: "prolan-202",
-            port: keypad.port_path().to_path_buf(),
-            question: "satisfied".into(),
-            // Key 4 is pressed but not mapped: its answer is NULL.
-            keymap: DeviceConfig::keymap(&[(1, "yes"), (2, "neutral"), (3, "no")]),
-            min_interval_s: 0.0,
-        },
-        DeviceConfig {
-            name: "entrance".into(),
-            model: "prolan-501",
-            port: receiver.port_path().to_path_buf(),
-            question: "recommend".into(),
-            // Keys 1-11 are the NPS scores 0-10; key 12 is not mapped.
-            keymap: (1..=11u8).map(|key| (key, (key - 1).to_string())).collect(),
-            min_interval_s: 0.0,
-        },
+        // Key 4 is pressed but not mapped: its answer is NULL.
+        DeviceConfig::of(
+            &keypad,
+            "satisfied",
+            DeviceConfig::keymap(&[(1, "yes"), (2, "neutral"), (3, "no")]),
+        ),
+        // Keys 1-11 are the NPS scores 0-10; key 12 is not mapped.
+        DeviceConfig::of(
+            &receiver,
+            "recommend",
+            (1..=11u8).map(|key| (key, (key - 1).to_string())).collect(),
+        ),
     ]);
-    let mut agent = dir.spawn_agent(&config);
-    keypad.wait_for_query(1, START_TIMEOUT);
-    receiver.wait_for_query(1, START_TIMEOUT);
+    let mut agent = dir.start_agent(&config, &[&keypad, &receiver]);
 
     let mut keypad_corrupted = 0;
     for index in 0..KEYPAD_PRESSES {
@@ -141,13 +118,7 @@ fn presses_over_noisy_lines_are_stored_once_with_their_fields_and_counted() {
         "every corrupted line counted",
         |device| device.bad_frames >= keypad_corrupted,
     );
-    agent.assert_running();
-    let status = agent.stop();
-    assert!(
-        status.success(),
-        "the agent did not stop cleanly: {status}{}",
-        dir.diagnostics().report()
-    );
+    agent.stop_cleanly();
 
     assert_eq!(keypad_sent.sent_presses.len(), KEYPAD_PRESSES);
     assert_eq!(keypad_sent.corrupted_frames, keypad_corrupted as u64);
@@ -236,15 +207,14 @@ fn presses_closer_than_min_interval_are_stored_suppressed() {
     let dir = TestDir::new();
     let keypad = dir.keypad("cashdesk", EmulatorOptions::keypad());
     let config = dir.write_config(&[DeviceConfig {
-        name: "cashdesk".into(),
-        model: "prolan-202",
-        port: keypad.port_path().to_path_buf(),
-        question: "satisfied".into(),
-        keymap: DeviceConfig::keymap(&[(1, "yes"), (2, "no")]),
         min_interval_s: MIN_INTERVAL.as_secs_f64(),
+        ..DeviceConfig::of(
+            &keypad,
+            "satisfied",
+            DeviceConfig::keymap(&[(1, "yes"), (2, "no")]),
+        )
     }]);
-    let mut agent = dir.spawn_agent(&config);
-    keypad.wait_for_query(1, START_TIMEOUT);
+    let mut agent = dir.start_agent(&config, &[&keypad]);
 
     // Two presses back to back: the second one is spam.
     keypad.press(keypad_press(1, 1));
@@ -273,6 +243,23 @@ fn presses_closer_than_min_interval_are_stored_suppressed() {
         3,
         "suppressed presses are stored and counted"
     );
+}
+
+/// `defaults` on a busy, noisy line: a heartbeat every `heartbeat_every`, up
+/// to 12 bytes of garbage before every frame, frames split across writes; the
+/// garbage and the splitting are replayed from `seed`.
+fn busy_noisy_line(
+    defaults: EmulatorOptions,
+    heartbeat_every: Duration,
+    seed: u64,
+) -> EmulatorOptions {
+    EmulatorOptions {
+        heartbeat_every,
+        max_noise_bytes: 12,
+        split_frames: true,
+        seed,
+        ..defaults
+    }
 }
 
 /// The columns of a row that a press determines.

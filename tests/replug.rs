@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use epm_agent::protocol::UnitId;
 use support::{
     assert_nothing_stored_twice, keypad_press, radio_press, DeviceConfig, Emulator,
-    EmulatorOptions, TestDir, KEYPAD_SERIAL,
+    EmulatorOptions, TestDir, COUNTERS_TIMEOUT, KEYPAD_SERIAL, START_TIMEOUT,
 };
 
 const REMOTE: UnitId = UnitId(0x301A_0002);
@@ -20,39 +20,20 @@ const PRESSES_PER_PLUG: u16 = 10;
 const UNPLUGGED_FOR: Duration = Duration::from_millis(1_600);
 /// The agent must be talking to the new terminal this soon after it appears.
 const RECONNECT_WITHIN: Duration = Duration::from_secs(2);
-
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a plug's presses may take to be stored and acknowledged.
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The device's state is saved at once on a disconnect, its counters about
-/// once a second.
-const STATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[test]
 fn keypad_and_receiver_are_reopened_after_a_replug_without_a_restart() {
     let dir = TestDir::new();
     let keypad = dir.keypad("cashdesk", EmulatorOptions::keypad());
     let receiver = dir.receiver("entrance", EmulatorOptions::receiver());
+    let keymap = DeviceConfig::keymap(&[(1, "yes"), (2, "no")]);
     let config = dir.write_config(&[
-        DeviceConfig {
-            name: "cashdesk".into(),
-            model: "prolan-202",
-            port: keypad.port_path().to_path_buf(),
-            question: "satisfied".into(),
-            keymap: DeviceConfig::keymap(&[(1, "yes"), (2, "no")]),
-            min_interval_s: 0.0,
-        },
-        DeviceConfig {
-            name: "entrance".into(),
-            model: "prolan-501",
-            port: receiver.port_path().to_path_buf(),
-            question: "recommend".into(),
-            keymap: DeviceConfig::keymap(&[(1, "yes"), (2, "no")]),
-            min_interval_s: 0.0,
-        },
+        DeviceConfig::of(&keypad, "satisfied", keymap.clone()),
+        DeviceConfig::of(&receiver, "recommend", keymap),
     ]);
-    let mut agent = dir.spawn_agent(&config);
-    keypad.wait_for_query(1, START_TIMEOUT);
-    receiver.wait_for_query(1, START_TIMEOUT);
+    let mut agent = dir.start_agent(&config, &[&keypad, &receiver]);
 
     send_presses(&keypad, &receiver, 1..=PRESSES_PER_PLUG);
     keypad.wait_for_ack(KEYPAD_SERIAL, PRESSES_PER_PLUG, STORE_TIMEOUT);
@@ -60,7 +41,7 @@ fn keypad_and_receiver_are_reopened_after_a_replug_without_a_restart() {
     // Every radio copy read before the unplug, so none is lost with it.
     dir.wait_for_device(
         "entrance",
-        STATE_TIMEOUT,
+        COUNTERS_TIMEOUT,
         "the radio copies counted",
         |device| device.duplicates == 2 * i64::from(PRESSES_PER_PLUG),
     );
@@ -68,7 +49,7 @@ fn keypad_and_receiver_are_reopened_after_a_replug_without_a_restart() {
     keypad.unplug();
     receiver.unplug();
     for name in ["cashdesk", "entrance"] {
-        dir.wait_for_device(name, STATE_TIMEOUT, "state disconnected", |device| {
+        dir.wait_for_device(name, COUNTERS_TIMEOUT, "state disconnected", |device| {
             device.state == "disconnected"
         });
     }
@@ -102,13 +83,13 @@ fn keypad_and_receiver_are_reopened_after_a_replug_without_a_restart() {
     );
     dir.wait_for_device(
         "cashdesk",
-        STATE_TIMEOUT,
+        COUNTERS_TIMEOUT,
         "one reconnect, the repeat counted",
         |device| device.reconnects == 1 && device.duplicates == 1,
     );
     dir.wait_for_device(
         "entrance",
-        STATE_TIMEOUT,
+        COUNTERS_TIMEOUT,
         "one reconnect, the radio copies counted",
         |device| device.reconnects == 1 && device.duplicates == 2 * i64::from(2 * PRESSES_PER_PLUG),
     );
@@ -116,13 +97,7 @@ fn keypad_and_receiver_are_reopened_after_a_replug_without_a_restart() {
         let device = dir.device(name);
         assert_eq!(device.state, "connected", "{device:?}");
     }
-    agent.assert_running();
-    let status = agent.stop();
-    assert!(
-        status.success(),
-        "the agent did not stop cleanly: {status}{}",
-        dir.diagnostics().report()
-    );
+    agent.stop_cleanly();
 
     let events = dir.events();
     assert_nothing_stored_twice(&events, dir.diagnostics());

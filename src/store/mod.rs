@@ -7,6 +7,7 @@
 //! any number of readers ([`Store::open_reader`]) may read meanwhile (WAL
 //! readers never block the writer).
 
+pub mod retention;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -136,7 +137,15 @@ const MIGRATIONS: &[&str] = &[
         at          TEXT    NOT NULL,
         retry       INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (sink, seqno)
-    );",
+    );
+    CREATE TABLE store_state (
+        singleton           INTEGER PRIMARY KEY CHECK (singleton = 1),
+        pruned_retention    INTEGER NOT NULL DEFAULT 0,
+        pruned_size         INTEGER NOT NULL DEFAULT 0,
+        over_cap_since      TEXT,
+        checked_at          TEXT
+    );
+    INSERT INTO store_state (singleton) VALUES (1);",
 ];
 
 /// A connection to the store, for reading (or, inside the writer, writing).
@@ -366,6 +375,34 @@ impl Store {
         )?;
         let rows = statement.query_map([sink], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Bytes of the database file in use (free pages not counted).
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        let pages: i64 = self
+            .connection
+            .pragma_query_value(None, "page_count", |row| row.get(0))?;
+        let free: i64 = self
+            .connection
+            .pragma_query_value(None, "freelist_count", |row| row.get(0))?;
+        let page_size: i64 = self
+            .connection
+            .pragma_query_value(None, "page_size", |row| row.get(0))?;
+        Ok(u64::try_from((pages - free).max(0) * page_size).unwrap_or(0))
+    }
+
+    /// The lowest cursor among `sinks` (0 for a sink that delivered
+    /// nothing yet): every event up to it is delivered everywhere. With no
+    /// sinks, every event is.
+    pub fn delivered_everywhere(&self, sinks: &[String]) -> Result<i64, StoreError> {
+        if sinks.is_empty() {
+            return self.last_seqno();
+        }
+        let mut lowest = i64::MAX;
+        for sink in sinks {
+            lowest = lowest.min(self.sink_cursor(sink)?.delivered_seqno);
+        }
+        Ok(lowest)
     }
 
     /// The greatest event id so far, so new ids keep sorting after it even

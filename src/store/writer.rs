@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 use ulid::Ulid;
 
@@ -103,6 +103,21 @@ enum Command {
     Flush(oneshot::Sender<()>),
     /// Answered once the update is committed.
     Sink(SinkUpdate, oneshot::Sender<()>),
+    /// Answered with how many events were deleted, once committed.
+    Prune(Prune, oneshot::Sender<u64>),
+    /// Whether undelivered events alone exceed `max_size_mb`; answered
+    /// once committed.
+    OverCap(bool, oneshot::Sender<()>),
+}
+
+/// One chunk of housekeeping: delete at most `limit` of the oldest events
+/// that every sink has delivered (or dead-lettered) through `through_seqno`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prune {
+    pub through_seqno: i64,
+    /// Only events read before this (retention); `None`: any age (size cap).
+    pub older_than: Option<DateTime<Utc>>,
+    pub limit: usize,
 }
 
 /// A sink's progress, written by the writer like everything else.
@@ -222,6 +237,20 @@ impl StoreHandle {
         committed.await.map_err(|_| StoreError::WriterGone)
     }
 
+    /// Deletes one chunk of delivered events; says how many went.
+    pub async fn prune(&self, prune: Prune) -> Result<u64, StoreError> {
+        let (done, deleted) = oneshot::channel();
+        self.send(Command::Prune(prune, done)).await?;
+        deleted.await.map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Records whether undelivered events alone exceed the size cap.
+    pub async fn mark_over_cap(&self, over: bool) -> Result<(), StoreError> {
+        let (done, committed) = oneshot::channel();
+        self.send(Command::OverCap(over, done)).await?;
+        committed.await.map_err(|_| StoreError::WriterGone)
+    }
+
     /// The seqno of the newest committed event, updated after each commit.
     pub fn committed_seqno(&self) -> watch::Receiver<i64> {
         self.last_seqno.clone()
@@ -325,6 +354,13 @@ struct Writer {
     seqno_sender: watch::Sender<i64>,
 }
 
+/// Who hears of a commit, and what.
+struct CommitReplies {
+    presses: Vec<(mpsc::UnboundedSender<Committed>, Committed)>,
+    /// Events deleted by each `Prune` of the batch, in order.
+    pruned: Vec<u64>,
+}
+
 /// Press counters of one batch, applied to `devices` and `units` once.
 struct PressTotals {
     model: &'static str,
@@ -355,13 +391,22 @@ impl Writer {
         loop {
             match self.commit(batch) {
                 Ok(committed) => {
-                    for (reply, message) in committed {
+                    for (reply, message) in committed.presses {
                         // The driver may have stopped; the press is stored anyway.
                         let _ = reply.send(message);
                     }
+                    let mut pruned = committed.pruned.into_iter();
                     for command in batch.drain(..) {
-                        if let Command::Flush(done) | Command::Sink(_, done) = command {
-                            let _ = done.send(());
+                        match command {
+                            Command::Flush(done)
+                            | Command::Sink(_, done)
+                            | Command::OverCap(_, done) => {
+                                let _ = done.send(());
+                            }
+                            Command::Prune(_, done) => {
+                                let _ = done.send(pruned.next().unwrap_or(0));
+                            }
+                            _ => {}
                         }
                     }
                     return;
@@ -378,12 +423,10 @@ impl Writer {
         }
     }
 
-    fn commit(
-        &mut self,
-        batch: &[Command],
-    ) -> Result<Vec<(mpsc::UnboundedSender<Committed>, Committed)>, rusqlite::Error> {
+    fn commit(&mut self, batch: &[Command]) -> Result<CommitReplies, rusqlite::Error> {
         let transaction = self.store.connection.unchecked_transaction()?;
         let mut replies = Vec::new();
+        let mut pruned = Vec::new();
         let mut device_totals: HashMap<&str, PressTotals> = HashMap::new();
         let mut unit_totals: HashMap<(&str, UnitId), (u64, &NewPress)> = HashMap::new();
         let mut last_id = self.last_id;
@@ -420,6 +463,14 @@ impl Writer {
                 Command::Unit(report) => upsert_unit(&transaction, report, 0)?,
                 Command::Daemon(report) => record_daemon(&transaction, *report)?,
                 Command::Sink(update, _) => apply_sink_update(&transaction, update)?,
+                Command::Prune(prune, _) => pruned.push(apply_prune(&transaction, prune)?),
+                Command::OverCap(over, _) => {
+                    transaction.execute(
+                        "UPDATE store_state SET checked_at = ?2,
+                             over_cap_since = CASE WHEN ?1 THEN coalesce(over_cap_since, ?2) END",
+                        params![over, format_timestamp(Utc::now())],
+                    )?;
+                }
                 Command::Flush(_) => {}
             }
         }
@@ -448,7 +499,10 @@ impl Writer {
         if let Some(seqno) = newest_seqno {
             self.seqno_sender.send_replace(seqno);
         }
-        Ok(replies)
+        Ok(CommitReplies {
+            presses: replies,
+            pruned,
+        })
     }
 }
 
@@ -630,6 +684,37 @@ fn apply_sink_update(transaction: &Transaction<'_>, update: &SinkUpdate) -> rusq
         )?,
     };
     Ok(())
+}
+
+fn apply_prune(transaction: &Transaction<'_>, prune: &Prune) -> rusqlite::Result<u64> {
+    let older_than_ms = prune
+        .older_than
+        .map_or(i64::MAX, |at| at.timestamp_millis());
+    let deleted = transaction.execute(
+        "DELETE FROM events WHERE seqno IN (
+             SELECT seqno FROM events WHERE seqno <= ?1 AND ts_ms < ?2 ORDER BY seqno LIMIT ?3)",
+        params![prune.through_seqno, older_than_ms, prune.limit as i64],
+    )? as u64;
+    if deleted > 0 {
+        transaction.execute(
+            "DELETE FROM dead_letters WHERE seqno NOT IN (SELECT seqno FROM events)",
+            [],
+        )?;
+        let column = if prune.older_than.is_some() {
+            "pruned_retention"
+        } else {
+            "pruned_size"
+        };
+        transaction.execute(
+            &format!("UPDATE store_state SET {column} = {column} + ?1"),
+            [deleted],
+        )?;
+        // Hand the freed pages back to the filesystem.
+        transaction
+            .query_row("PRAGMA incremental_vacuum", [], |_| Ok(()))
+            .optional()?;
+    }
+    Ok(deleted)
 }
 
 fn record_daemon(transaction: &Transaction<'_>, report: DaemonReport) -> rusqlite::Result<()> {

@@ -38,6 +38,16 @@ pub const KEYPAD_SERIAL: UnitId = UnitId(0x202A_0F31);
 /// The receiver id of the spec's worked examples.
 pub const RECEIVER_ID: UnitId = UnitId(0x5010_00A7);
 
+/// How long the agent may take to open a port once it is started,
+/// restarted or the port replugged (the emulator's QUERY), and to acknowledge
+/// a press or a short burst of presses on a running connection.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a change may take to reach a device's `devices` row: its state
+/// is saved at once on a connect or disconnect, its counters other than
+/// presses (duplicates, bad frames, noise) with the state about once a
+/// second, and one last time on a clean stop.
+pub const COUNTERS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often store waits look again.
 const POLL_EVERY: Duration = Duration::from_millis(50);
 /// How many lines of each agent's stderr a failure shows.
@@ -209,6 +219,17 @@ impl TestDir {
         }
     }
 
+    /// Starts the agent on `config` and waits (at most [`START_TIMEOUT`])
+    /// until it has opened the port of every emulator in `emulators`, each
+    /// for the first time.
+    pub fn start_agent(&self, config: &Path, emulators: &[&Emulator]) -> Agent {
+        let agent = self.spawn_agent(config);
+        for emulator in emulators {
+            emulator.wait_for_query(1, START_TIMEOUT);
+        }
+        agent
+    }
+
     /// Polls `probe` every 50 ms until it answers `Ok`; after `timeout`,
     /// fails with `what`, its last answer and the agents' stderr.
     pub fn wait_until<T>(
@@ -271,6 +292,22 @@ impl TestDir {
 }
 
 impl DeviceConfig {
+    /// The `[[device]]` table of `emulator`: named after it, of its model, on
+    /// its port, with no minimum interval between presses.
+    pub fn of(emulator: &Emulator, question: &str, keymap: Vec<(u8, String)>) -> DeviceConfig {
+        DeviceConfig {
+            name: emulator.name.clone(),
+            model: match emulator.kind {
+                DeviceKind::Keypad => "prolan-202",
+                DeviceKind::Receiver => "prolan-501",
+            },
+            port: emulator.port_path.clone(),
+            question: question.into(),
+            keymap,
+            min_interval_s: 0.0,
+        }
+    }
+
     /// A keymap from `(key, answer)` pairs.
     pub fn keymap(pairs: &[(u8, &str)]) -> Vec<(u8, String)> {
         pairs
@@ -338,6 +375,17 @@ impl Agent {
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().expect("cannot poll the agent") {
             self.diagnostics.fail(format!("the agent exited: {status}"));
+        }
+    }
+
+    /// Fails the test if the agent has exited already, or if it does not exit
+    /// successfully on SIGTERM (see [`Agent::stop`]).
+    pub fn stop_cleanly(&mut self) {
+        self.assert_running();
+        let status = self.stop();
+        if !status.success() {
+            self.diagnostics
+                .fail(format!("the agent did not stop cleanly: {status}"));
         }
     }
 }

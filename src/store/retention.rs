@@ -1,0 +1,131 @@
+//! Housekeeping: deletes events that every sink has delivered (or
+//! dead-lettered) once they are older than `retention_days`, and, when the
+//! store outgrows `max_size_mb`, delivered events oldest first whatever
+//! their age. Undelivered events are never deleted: when they alone exceed
+//! the cap, the store keeps growing, every press is still taken, and
+//! `status` and the log say so (`store_state.over_cap_since`). Every deletion is
+//! counted (`store_state.pruned_retention`, `pruned_size`).
+//!
+//! Deletion goes through the writer in chunks of [`CHUNK`] events, each its
+//! own short transaction, so presses never wait behind a long delete.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::writer::Prune;
+use super::{Store, StoreError, StoreHandle};
+use crate::config::StoreSettings;
+
+/// Events deleted per transaction.
+pub const CHUNK: usize = 1_000;
+/// How often housekeeping runs, and how soon after start the first time.
+pub const INTERVAL: Duration = Duration::from_secs(600);
+pub const FIRST_RUN: Duration = Duration::from_secs(30);
+
+/// What one round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    pub by_retention: u64,
+    pub by_size: u64,
+    /// Undelivered events alone exceed the cap.
+    pub over_cap: bool,
+}
+
+/// Runs housekeeping every [`INTERVAL`] until `shutdown`.
+pub async fn run(
+    settings: StoreSettings,
+    sinks: Vec<String>,
+    data_dir: PathBuf,
+    store: StoreHandle,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let mut reader = Store::open_reader(&data_dir)?;
+    let mut wait = FIRST_RUN;
+    let mut was_over_cap = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = INTERVAL;
+        let round = run_once(&settings, &sinks, &mut reader, &store).await?;
+        if round.by_retention + round.by_size > 0 {
+            tracing::info!(
+                by_retention = round.by_retention,
+                by_size = round.by_size,
+                "deleted delivered events"
+            );
+        }
+        if round.over_cap && !was_over_cap {
+            tracing::error!(
+                "undelivered events alone exceed max_size_mb = {}: every press is still stored and \
+                 nothing undelivered is deleted; the store grows until the sinks catch up (check `status`)",
+                settings.max_size_bytes / (1024 * 1024)
+            );
+        } else if !round.over_cap && was_over_cap {
+            tracing::info!("the store is back under max_size_mb");
+        }
+        was_over_cap = round.over_cap;
+    }
+}
+
+/// One round of housekeeping: retention first, then the size cap.
+pub async fn run_once(
+    settings: &StoreSettings,
+    sinks: &[String],
+    // `&mut`: the future must be Send, and a shared connection is not Sync.
+    reader: &mut Store,
+    store: &StoreHandle,
+) -> Result<Round, StoreError> {
+    let mut round = Round::default();
+    let through_seqno = reader.delivered_everywhere(sinks)?;
+    let retention = chrono::Duration::from_std(settings.retention).unwrap_or(chrono::Duration::MAX);
+    let older_than = Utc::now().checked_sub_signed(retention);
+    if let Some(older_than) = older_than {
+        round.by_retention = prune_all(store, through_seqno, Some(older_than)).await?;
+    }
+    if reader.used_bytes()? > settings.max_size_bytes {
+        // Delivered events go first, oldest first, one chunk at a time
+        // until the store fits again.
+        while reader.used_bytes()? > settings.max_size_bytes {
+            let deleted = store
+                .prune(Prune {
+                    through_seqno,
+                    older_than: None,
+                    limit: CHUNK,
+                })
+                .await?;
+            round.by_size += deleted;
+            if deleted == 0 {
+                break;
+            }
+        }
+    }
+    round.over_cap = reader.used_bytes()? > settings.max_size_bytes;
+    store.mark_over_cap(round.over_cap).await?;
+    Ok(round)
+}
+
+async fn prune_all(
+    store: &StoreHandle,
+    through_seqno: i64,
+    older_than: Option<chrono::DateTime<Utc>>,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let deleted = store
+            .prune(Prune {
+                through_seqno,
+                older_than,
+                limit: CHUNK,
+            })
+            .await?;
+        total += deleted;
+        if deleted < CHUNK as u64 {
+            return Ok(total);
+        }
+    }
+}
