@@ -3,12 +3,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use epm_agent::config::{self, ConfigError, Settings};
-use epm_agent::daemon;
+use epm_agent::demo::{self, DemoOptions};
+use epm_agent::{commands, daemon};
 
 /// Reads ProLAN customer-feedback keypads and receivers into a durable local
 /// store and uploads the presses to reporting backends.
@@ -27,10 +29,47 @@ struct Cli {
 enum Command {
     /// Run the agent in the foreground until SIGINT/SIGTERM.
     Run,
+    /// The whole pipeline on this machine: simulated ProLAN-202 and
+    /// ProLAN-501 devices, a temporary store and a local reporting backend,
+    /// shown live. Needs no configuration file and no hardware.
+    Demo {
+        /// Stop after this many seconds (default: at Ctrl-C).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        duration_s: Option<u64>,
+        /// The backend answers about 1 request in 5 with 503: watch the
+        /// retries, and still no press counted twice.
+        #[arg(long)]
+        flaky: bool,
+    },
     /// Work with the configuration file.
     Config {
         #[command(subcommand)]
         action: ConfigAction,
+    },
+    /// See and re-send events a backend rejected (dead letters).
+    #[command(name = "deadletter")]
+    DeadLetter {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Show the events a backend rejected on their own.
+    List {
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send them again (the running agent does it within seconds).
+    Retry {
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
     },
 }
 
@@ -64,6 +103,22 @@ fn main() -> ExitCode {
             }
             Err(error) => config_failure(&error),
         },
+        Command::DeadLetter { action } => {
+            let settings = match config::load(&config_path) {
+                Ok(settings) => settings,
+                Err(error) => return config_failure(&error),
+            };
+            let mut out = std::io::stdout().lock();
+            let result = match action {
+                DeadLetterAction::List { sink, json } => {
+                    commands::deadletter::list(&settings, sink.as_deref(), json, &mut out)
+                }
+                DeadLetterAction::Retry { sink } => {
+                    commands::deadletter::retry(&settings, sink.as_deref(), &mut out)
+                }
+            };
+            command_result(result)
+        }
         Command::Run => {
             let settings = match config::load(&config_path) {
                 Ok(settings) => settings,
@@ -74,6 +129,20 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");
+                    eprintln!("epm-agent: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { duration_s, flaky } => {
+            init_demo_logging();
+            let options = DemoOptions {
+                duration: duration_s.map(Duration::from_secs),
+                flaky,
+            };
+            match demo::run(options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
                     eprintln!("epm-agent: {error:#}");
                     ExitCode::FAILURE
                 }
@@ -98,6 +167,16 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     })
 }
 
+fn command_result(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("epm-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn config_failure(error: &ConfigError) -> ExitCode {
     eprintln!("epm-agent: {error}");
     ExitCode::from(EXIT_BAD_CONFIG)
@@ -116,6 +195,18 @@ fn init_logging(settings: &Settings) {
     } else {
         builder.init();
     }
+}
+
+/// The demo's own view is on stdout; logs go to stderr, warnings and errors
+/// only unless `RUST_LOG` says otherwise. Upload retries are shown by the
+/// view, so the sink's retry warnings are left out.
+fn init_demo_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,epm_agent::sink=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn plural(count: usize) -> &'static str {

@@ -174,6 +174,20 @@ pub struct LinkCounters {
     pub reconnects: u64,
 }
 
+/// An event a sink's backend rejected on its own.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    pub sink: String,
+    pub seqno: i64,
+    pub event_id: String,
+    /// The HTTP status of the rejection, when there was one.
+    pub status: Option<u16>,
+    pub reason: String,
+    pub at: String,
+    /// `deadletter retry` asked for it to be sent again.
+    pub retry_requested: bool,
+}
+
 /// An event with its place in the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -244,6 +258,20 @@ impl Store {
         store.configure()?;
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Opens an existing store for a small change from the command line
+    /// (e.g. marking dead letters for retry) while the daemon may run:
+    /// SQLite serialises the two writers; no migration is run here.
+    pub fn open_existing(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(DATABASE_FILE);
+        let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        connection.busy_timeout(Duration::from_secs(10))?;
+        Ok(Store { connection, path })
     }
 
     /// Opens an existing store read-only (status, report, export).
@@ -403,6 +431,36 @@ impl Store {
             lowest = lowest.min(self.sink_cursor(sink)?.delivered_seqno);
         }
         Ok(lowest)
+    }
+
+    /// Dead letters, oldest first, of one sink or of all.
+    pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT sink, seqno, event_id, status, reason, at, retry FROM dead_letters
+             WHERE ?1 IS NULL OR sink = ?1 ORDER BY sink, seqno",
+        )?;
+        let rows = statement.query_map([sink], |row| {
+            Ok(DeadLetter {
+                sink: row.get(0)?,
+                seqno: row.get(1)?,
+                event_id: row.get(2)?,
+                status: row.get(3)?,
+                reason: row.get(4)?,
+                at: row.get(5)?,
+                retry_requested: row.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Asks the agent to send the dead letters of one sink (or all) again;
+    /// returns how many were marked. The running agent picks them up within
+    /// a flush interval, a stopped one at its next start.
+    pub fn request_dead_letter_retry(&self, sink: Option<&str>) -> Result<usize, StoreError> {
+        Ok(self.connection.execute(
+            "UPDATE dead_letters SET retry = 1 WHERE (?1 IS NULL OR sink = ?1) AND retry = 0",
+            [sink],
+        )?)
     }
 
     /// The greatest event id so far, so new ids keep sorting after it even

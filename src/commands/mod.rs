@@ -1,0 +1,79 @@
+//! The operator commands that read (or slightly change) the store from the
+//! command line while the daemon may be running. Each returns `Result`;
+//! `main` turns it into an exit code.
+
+pub mod deadletter;
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::store::{Store, DATABASE_FILE};
+
+/// Opens the store of `data_dir` read-only, saying what to check when there
+/// is none.
+pub fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+    ensure_store_exists(data_dir)?;
+    Ok(Store::open_reader(data_dir)?)
+}
+
+/// Opens the store of `data_dir` for a small change.
+pub fn open_store_for_change(data_dir: &Path) -> anyhow::Result<Store> {
+    ensure_store_exists(data_dir)?;
+    Ok(Store::open_existing(data_dir)?)
+}
+
+fn ensure_store_exists(data_dir: &Path) -> anyhow::Result<()> {
+    let path = data_dir.join(DATABASE_FILE);
+    std::fs::metadata(&path)
+        .map(|_| ())
+        .with_context(|| {
+            format!(
+                "no store at {} (has the agent run with this configuration? is --config the right file?)",
+                path.display()
+            )
+        })
+}
+
+/// Pads each column to its widest cell; the last column is not padded.
+pub fn aligned_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    let header: Vec<String> = header.iter().map(|cell| cell.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        for (index, cell) in row.iter().enumerate() {
+            if index == last {
+                text.push_str(cell);
+            } else {
+                let padding = widths[index] - cell.chars().count();
+                text.push_str(cell);
+                text.push_str(&" ".repeat(padding + 2));
+            }
+        }
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align_on_the_widest_cell_counting_characters_not_bytes() {
+        let table = aligned_table(
+            &["SINK", "REASON"],
+            &[
+                vec!["отчёты".into(), "HTTP 422".into()],
+                vec!["r".into(), "x".into()],
+            ],
+        );
+        assert_eq!(table, "SINK    REASON\nотчёты  HTTP 422\nr       x\n");
+    }
+}
