@@ -1,31 +1,77 @@
-//! The `simulator` model: an in-process ProLAN-501 receiver with simulated
-//! ProLAN-301 remotes. It speaks the real wire protocol over an in-memory
-//! pipe, so its presses go through the same codec, duplicate filter and
-//! store as a real receiver's: every press is sent three times, as a remote
-//! does; heartbeats come every 5 s; QUERY is answered with HELLO; ACKs are
-//! counted.
+//! Simulated ProLAN hardware, device side: a ProLAN-202 keypad, or a
+//! ProLAN-501 receiver with ProLAN-301 remotes, and customers pressing
+//! their keys at random. It speaks the real wire protocol (the codecs'
+//! device side) over any `AsyncRead + AsyncWrite`: an in-memory pipe for the
+//! `simulator` model ([`spawn`]), a pseudo-terminal's master for
+//! `epm-agent demo` ([`run_device`]). So simulated presses go through the
+//! same codec, duplicate filter and store as a real device's: a receiver
+//! forwards every radio press three times, as a remote sends it; both
+//! models send heartbeats (202: every 10 s, 501: every 5 s) and answer
+//! QUERY with their identity. ACKs are read and ignored.
+//!
+//! It owns no port and keeps no statistics: what the agent made of the
+//! presses is read from the store.
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SimulatorSettings;
-use crate::protocol::{prolan501, Heartbeat, Identity, Inbound, Outbound, Press, UnitId};
+use crate::protocol::{
+    prolan202, prolan501, Heartbeat, Identity, Inbound, Outbound, Press, UnitId,
+};
 
-/// Simulated receivers answer with this id (and remotes count up from
-/// `0x301A0001`).
-const RECEIVER_ID: u32 = 0x5010_0001;
-const FIRST_REMOTE_ID: u32 = 0x301A_0001;
-/// Gap between the three radio copies of one press.
-const COPY_GAP: Duration = Duration::from_millis(100);
+/// What is simulated, with its hardware ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hardware {
+    /// A ProLAN-202 wired keypad: one unit, one copy of each press.
+    Keypad { serial: UnitId },
+    /// A ProLAN-501 receiver and the ProLAN-301 remotes it hears (at least
+    /// one): three radio copies of each press.
+    Receiver { id: UnitId, remotes: Vec<UnitId> },
+}
 
-/// Starts a simulated receiver; returns the host's end of its pipe. The
-/// simulator stops when the host end is dropped or `stop` is cancelled.
+/// How the customers in front of a device press.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Customers {
+    /// Customers per minute at the whole device (all its remotes), on top of
+    /// `min_gap`: the gap between two customers is `min_gap` plus an
+    /// exponential gap averaging `60 / presses_per_min` seconds.
+    pub presses_per_min: f64,
+    /// No two customers come closer than this.
+    pub min_gap: Duration,
+    /// The chance that a customer presses again once or twice in quick
+    /// succession (what the agent's anti-spam marks suppressed).
+    pub repeat_chance: f64,
+}
+
+/// Starts the `simulator` model's receiver; returns the host's end of its
+/// pipe. The simulator stops when the host end is dropped or `stop` is
+/// cancelled.
 pub fn spawn(settings: SimulatorSettings, stop: CancellationToken) -> DuplexStream {
     let (host_end, device_end) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(run(device_end, settings, stop));
+    let remotes = (0..settings.remotes.max(1))
+        .map(|index| UnitId(FIRST_REMOTE_ID.wrapping_add(index)))
+        .collect();
+    let hardware = Hardware::Receiver {
+        id: RECEIVER_ID,
+        remotes,
+    };
+    let customers = Customers {
+        presses_per_min: settings.presses_per_min,
+        min_gap: Duration::ZERO,
+        repeat_chance: 0.0,
+    };
+    tokio::spawn(run_device(
+        device_end,
+        hardware,
+        customers,
+        stop.clone(),
+        stop,
+    ));
     host_end
 }
 
@@ -40,99 +86,363 @@ pub fn pick_key(roll: f64) -> u8 {
     }
 }
 
-async fn run(mut pipe: DuplexStream, settings: SimulatorSettings, stop: CancellationToken) {
-    let mut counters = vec![0u16; settings.remotes as usize];
-    let mean_gap_s = 60.0 / settings.presses_per_min;
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(prolan501::HEARTBEAT_PERIOD_S));
-    let started = tokio::time::Instant::now();
+/// Runs one simulated device on `link` until `stop` is cancelled, the link
+/// fails or it reads end-of-file.
+///
+/// Customers start with the host's first QUERY (before it nobody reads the
+/// port, and opening a serial port flushes what was sent) and stop when
+/// `pressing` is cancelled; heartbeats and identity replies go on until
+/// `stop`, so the agent sees a quiet, live device rather than a lost one.
+pub async fn run_device<L>(
+    mut link: L,
+    hardware: Hardware,
+    customers: Customers,
+    pressing: CancellationToken,
+    stop: CancellationToken,
+) where
+    L: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut device = Device::new(hardware, customers);
+    let mut heartbeat = tokio::time::interval(device.heartbeat_period());
     let mut from_host = BytesMut::with_capacity(256);
     let mut read_buffer = [0u8; 256];
     let mut out = BytesMut::with_capacity(256);
+    // Heard from the first QUERY on.
+    let mut next_press: Option<Instant> = None;
 
-    hello(&mut out);
-    for (index, _) in counters.iter().enumerate() {
-        prolan501::encode_inbound(
-            &Inbound::UnitStatus {
-                unit: UnitId(FIRST_REMOTE_ID + index as u32),
-                battery: Some(fastrand::u8(40..=100)),
-                rssi: -(fastrand::i8(45..=80)),
-            },
-            &mut out,
-        );
-    }
-    if pipe.write_all(&out).await.is_err() {
+    device.power_up(&mut out);
+    if !send(&mut link, &out, &stop).await {
         return;
     }
-
-    let mut next_press = tokio::time::Instant::now() + exponential_gap(mean_gap_s);
     loop {
         out.clear();
+        let press_due = next_press.filter(|_| !pressing.is_cancelled());
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = heartbeat.tick() => {
-                prolan501::encode_inbound(
-                    &Inbound::Heartbeat(Heartbeat {
-                        unit: None,
-                        uptime_s: started.elapsed().as_secs() as u32,
-                        remotes_heard: Some(counters.len().min(255) as u8),
-                    }),
-                    &mut out,
-                );
-            }
-            read = pipe.read(&mut read_buffer) => {
+            _ = heartbeat.tick() => device.heartbeat(&mut out),
+            read = link.read(&mut read_buffer) => {
                 let Ok(count @ 1..) = read else { return };
                 from_host.extend_from_slice(&read_buffer[..count]);
-                while let Some(command) = prolan501::decode_outbound(&mut from_host) {
+                while let Some(command) = device.decode_outbound(&mut from_host) {
                     if command == Outbound::Query {
-                        hello(&mut out);
+                        device.identity(&mut out);
+                        next_press.get_or_insert_with(|| Instant::now() + device.gap_to_next_press());
                     }
                 }
             }
-            _ = tokio::time::sleep_until(next_press) => {
-                let remote = fastrand::usize(..counters.len());
-                counters[remote] = counters[remote].wrapping_add(1);
-                let press = Inbound::Press(Press {
-                    unit: UnitId(FIRST_REMOTE_ID + remote as u32),
-                    key: pick_key(fastrand::f64()),
-                    seq: counters[remote],
-                    rssi: Some(-(fastrand::i8(45..=80))),
-                    battery: Some(fastrand::u8(40..=100)),
-                });
-                next_press = tokio::time::Instant::now() + exponential_gap(mean_gap_s);
-                // A remote sends each press three times; the receiver forwards each copy.
-                for copy in 0..3 {
+            _ = sleep_until_some(press_due) => {
+                let press = device.press();
+                next_press = Some(Instant::now() + device.gap_to_next_press());
+                let copies = device.copies_per_press();
+                for copy in 1..=copies {
                     out.clear();
-                    prolan501::encode_inbound(&press, &mut out);
-                    if pipe.write_all(&out).await.is_err() {
+                    device.encode(&Inbound::Press(press), &mut out);
+                    if !send(&mut link, &out, &stop).await {
                         return;
                     }
-                    if copy < 2 && mean_gap_s > 1.0 {
+                    if copy < copies && device.spaced_copies() {
                         tokio::time::sleep(COPY_GAP).await;
                     }
                 }
                 out.clear();
             }
         }
-        if !out.is_empty() && pipe.write_all(&out).await.is_err() {
+        if !out.is_empty() && !send(&mut link, &out, &stop).await {
             return;
         }
     }
 }
 
-fn hello(out: &mut BytesMut) {
-    prolan501::encode_inbound(
-        &Inbound::Identity(Identity {
-            hardware_id: UnitId(RECEIVER_ID),
-            model: "PL501".into(),
-            firmware: "2.3".into(),
-            radio_channel: Some(4),
-        }),
-        out,
-    );
+/// The `simulator` model's receiver id; its remotes count up from
+/// `0x301A0001`.
+const RECEIVER_ID: UnitId = UnitId(0x5010_0001);
+const FIRST_REMOTE_ID: u32 = 0x301A_0001;
+/// Gap between the three radio copies of one press.
+const COPY_GAP: Duration = Duration::from_millis(100);
+/// Gap between the quick repeats of one customer, in milliseconds.
+const REPEAT_GAP_MS: std::ops::RangeInclusive<u64> = 250..=600;
+
+/// The device's memory between frames.
+struct Device {
+    hardware: Hardware,
+    customers: Customers,
+    started: Instant,
+    /// Per unit (the keypad, or each remote): the last seq / counter sent.
+    counters: Vec<u16>,
+    /// Per remote: its battery, which a press reports.
+    batteries: Vec<u8>,
+    /// A customer pressing again: which unit, which key, how many more.
+    repeating: Option<(usize, u8, u8)>,
+}
+
+impl Device {
+    fn new(hardware: Hardware, customers: Customers) -> Device {
+        let units = match &hardware {
+            Hardware::Keypad { .. } => 1,
+            Hardware::Receiver { remotes, .. } => remotes.len().max(1),
+        };
+        Device {
+            hardware,
+            customers,
+            started: Instant::now(),
+            counters: vec![0; units],
+            batteries: (0..units).map(|_| fastrand::u8(40..=100)).collect(),
+            repeating: None,
+        }
+    }
+
+    fn heartbeat_period(&self) -> Duration {
+        Duration::from_secs(match self.hardware {
+            Hardware::Keypad { .. } => prolan202::HEARTBEAT_PERIOD_S,
+            Hardware::Receiver { .. } => prolan501::HEARTBEAT_PERIOD_S,
+        })
+    }
+
+    fn copies_per_press(&self) -> u32 {
+        match self.hardware {
+            Hardware::Keypad { .. } => 1,
+            Hardware::Receiver { .. } => 3,
+        }
+    }
+
+    /// A load test (presses faster than one a second) sends the radio
+    /// copies back to back rather than stalling between them.
+    fn spaced_copies(&self) -> bool {
+        self.mean_gap_s() > 1.0
+    }
+
+    fn mean_gap_s(&self) -> f64 {
+        60.0 / self.customers.presses_per_min
+    }
+
+    fn encode(&self, message: &Inbound, out: &mut BytesMut) {
+        match self.hardware {
+            Hardware::Keypad { .. } => prolan202::encode_inbound(message, out),
+            Hardware::Receiver { .. } => prolan501::encode_inbound(message, out),
+        }
+    }
+
+    fn decode_outbound(&self, from_host: &mut BytesMut) -> Option<Outbound> {
+        match self.hardware {
+            Hardware::Keypad { .. } => prolan202::decode_outbound(from_host),
+            Hardware::Receiver { .. } => prolan501::decode_outbound(from_host),
+        }
+    }
+
+    /// What the device says when it powers up: its identity, and for a
+    /// receiver the status beacon of each remote.
+    fn power_up(&self, out: &mut BytesMut) {
+        self.identity(out);
+        if let Hardware::Receiver { remotes, .. } = &self.hardware {
+            for (remote, battery) in remotes.iter().zip(&self.batteries) {
+                self.encode(
+                    &Inbound::UnitStatus {
+                        unit: *remote,
+                        battery: Some(*battery),
+                        rssi: -(fastrand::i8(45..=80)),
+                    },
+                    out,
+                );
+            }
+        }
+    }
+
+    fn identity(&self, out: &mut BytesMut) {
+        let identity = match &self.hardware {
+            Hardware::Keypad { serial } => Identity {
+                hardware_id: *serial,
+                model: "PL202".into(),
+                firmware: "1.4".into(),
+                radio_channel: None,
+            },
+            Hardware::Receiver { id, .. } => Identity {
+                hardware_id: *id,
+                model: "PL501".into(),
+                firmware: "2.3".into(),
+                radio_channel: Some(4),
+            },
+        };
+        self.encode(&Inbound::Identity(identity), out);
+    }
+
+    fn heartbeat(&self, out: &mut BytesMut) {
+        let uptime_s = u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX);
+        let heartbeat = match &self.hardware {
+            Hardware::Keypad { serial } => Heartbeat {
+                unit: Some(*serial),
+                uptime_s,
+                remotes_heard: None,
+            },
+            Hardware::Receiver { remotes, .. } => Heartbeat {
+                unit: None,
+                uptime_s,
+                remotes_heard: Some(u8::try_from(remotes.len()).unwrap_or(u8::MAX)),
+            },
+        };
+        self.encode(&Inbound::Heartbeat(heartbeat), out);
+    }
+
+    /// The next press: a repeat of the customer still pressing, or a new
+    /// customer at a random unit.
+    fn press(&mut self) -> Press {
+        let (unit_index, key) = match self.repeating.take() {
+            Some((unit_index, key, more)) => {
+                if more > 1 {
+                    self.repeating = Some((unit_index, key, more - 1));
+                }
+                (unit_index, key)
+            }
+            None => {
+                let unit_index = fastrand::usize(..self.counters.len());
+                let key = pick_key(fastrand::f64());
+                if fastrand::f64() < self.customers.repeat_chance {
+                    self.repeating = Some((unit_index, key, fastrand::u8(1..=2)));
+                }
+                (unit_index, key)
+            }
+        };
+        self.counters[unit_index] = self.counters[unit_index].wrapping_add(1);
+        let seq = self.counters[unit_index];
+        match &self.hardware {
+            Hardware::Keypad { serial } => Press {
+                unit: *serial,
+                key,
+                seq,
+                rssi: None,
+                battery: None,
+            },
+            Hardware::Receiver { remotes, .. } => Press {
+                unit: remotes.get(unit_index).copied().unwrap_or(UnitId(0)),
+                key,
+                seq,
+                rssi: Some(-(fastrand::i8(45..=80))),
+                battery: self.batteries.get(unit_index).copied(),
+            },
+        }
+    }
+
+    /// How long until the next press: soon for a customer still pressing,
+    /// else the next customer's arrival.
+    fn gap_to_next_press(&self) -> Duration {
+        if self.repeating.is_some() {
+            return Duration::from_millis(fastrand::u64(REPEAT_GAP_MS));
+        }
+        self.customers.min_gap + exponential_gap(self.mean_gap_s())
+    }
+}
+
+/// Writes `bytes` unless `stop` comes first (a port nobody reads fills up
+/// and would block the write forever); false when the device should end.
+async fn send<L: AsyncWrite + Unpin>(link: &mut L, bytes: &[u8], stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        written = link.write_all(bytes) => written.is_ok(),
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Customers arrive at random: exponential gaps around the mean.
 fn exponential_gap(mean_s: f64) -> Duration {
     let uniform = fastrand::f64().max(f64::MIN_POSITIVE);
-    Duration::from_secs_f64((-uniform.ln() * mean_s).min(3_600.0))
+    Duration::from_secs_f64((-uniform.ln() * mean_s).clamp(0.0, 3_600.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::protocol::{AnyCodec, Decoded};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_util::codec::Framed;
+
+    /// Runs `hardware` on a pipe, asks for its identity like a driver and
+    /// collects what it sends for `listen` (on the paused clock).
+    async fn check(hardware: Hardware, listen: Duration) -> Vec<Inbound> {
+        let (host_end, device_end) = tokio::io::duplex(64 * 1024);
+        let keypad = matches!(hardware, Hardware::Keypad { .. });
+        let customers = Customers {
+            presses_per_min: 12.0,
+            min_gap: Duration::from_secs(1),
+            repeat_chance: 0.0,
+        };
+        let stop = CancellationToken::new();
+        let device = tokio::spawn(run_device(
+            device_end,
+            hardware,
+            customers,
+            stop.clone(),
+            stop.clone(),
+        ));
+        let mut host = Framed::new(host_end, AnyCodec::new(keypad));
+        host.send(Outbound::Query).await.expect("send QUERY");
+        let mut messages = Vec::new();
+        let deadline = Instant::now() + listen;
+        while let Ok(Some(item)) = tokio::time::timeout_at(deadline, host.next()).await {
+            match item.expect("read") {
+                Decoded::Message(message) => messages.push(message),
+                other => panic!("the simulator sent a bad frame: {other:?}"),
+            }
+        }
+        stop.cancel();
+        device.await.expect("the simulator ended cleanly");
+        messages
+    }
+
+    fn presses(messages: &[Inbound]) -> Vec<Press> {
+        messages
+            .iter()
+            .filter_map(|message| match message {
+                Inbound::Press(press) => Some(*press),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keypad_sends_its_identity_heartbeats_and_numbered_presses() {
+        let serial = UnitId(0x202A_0F31);
+        let messages = check(Hardware::Keypad { serial }, Duration::from_secs(60)).await;
+        assert!(
+            matches!(&messages[0], Inbound::Identity(identity) if identity.hardware_id == serial)
+        );
+        let heartbeats = messages
+            .iter()
+            .filter(
+                |message| matches!(message, Inbound::Heartbeat(beat) if beat.unit == Some(serial)),
+            )
+            .count();
+        assert!(
+            (6..=7).contains(&heartbeats),
+            "{heartbeats} heartbeats in 60 s"
+        );
+        let presses = presses(&messages);
+        assert!(!presses.is_empty(), "no press in 60 s");
+        let seqs: Vec<u16> = presses.iter().map(|press| press.seq).collect();
+        let expected: Vec<u16> = (1..=presses.len() as u16).collect();
+        assert_eq!(seqs, expected, "one copy per press, seq +1 per press");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receiver_forwards_every_radio_press_three_times() {
+        let remotes = vec![UnitId(0x301A_0001), UnitId(0x301A_0002)];
+        let hardware = Hardware::Receiver {
+            id: UnitId(0x5010_00A7),
+            remotes: remotes.clone(),
+        };
+        let messages = check(hardware, Duration::from_secs(60)).await;
+        let presses = presses(&messages);
+        assert!(!presses.is_empty(), "no press in 60 s");
+        assert_eq!(presses.len() % 3, 0, "{presses:?}");
+        for copies in presses.chunks(3) {
+            assert!(copies.iter().all(|copy| *copy == copies[0]), "{copies:?}");
+            assert!(remotes.contains(&copies[0].unit), "{copies:?}");
+        }
+    }
 }
