@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use epm_agent::config::{self, ConfigError, Settings};
 use epm_agent::demo::{self, DemoOptions};
+use epm_agent::sink::{AgentInfo, Transport};
 use epm_agent::{commands, daemon};
 
 /// Reads ProLAN customer-feedback keypads and receivers into a durable local
@@ -90,6 +91,22 @@ fn main() -> ExitCode {
             action: ConfigAction::Check,
         } => match config::load(&config_path) {
             Ok(settings) => {
+                // What can be checked without the network: CA files, proxy
+                // URLs, whether a token can be read here.
+                let agent = AgentInfo::new(&settings.agent);
+                for sink in &settings.sinks {
+                    match Transport::new(sink, agent.clone()) {
+                        Ok(transport) => {
+                            if let Some(warning) = transport.setup_warning() {
+                                eprintln!("epm-agent: warning: sink {}: {warning}", sink.name);
+                            }
+                        }
+                        Err(error) => {
+                            eprintln!("epm-agent: {}: {error}", config_path.display());
+                            return ExitCode::from(EXIT_BAD_CONFIG);
+                        }
+                    }
+                }
                 println!(
                     "{}: ok ({} device{}, {} sink{}, data in {})",
                     config_path.display(),

@@ -308,3 +308,71 @@ fn a_missing_file_says_how_to_point_at_one() {
     let error = config::load(Path::new("/nonexistent/epm-agent.toml")).expect_err("missing");
     assert!(error.to_string().contains("--config"), "{error}");
 }
+
+#[test]
+fn config_check_refuses_a_ca_file_that_is_not_a_certificate_and_warns_about_an_unreadable_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "this is not a certificate").expect("write");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{AGENT}\n[[sink]]\nname = \"r\"\nkind = \"http\"\nurl = \"https://r.example/\"\nca_file = \"{}\"\n",
+            not_pem.display()
+        ),
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+        .args(["config", "check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run epm-agent");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ca_file") && stderr.contains("ca.pem"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        &config,
+        format!("{AGENT}\n[[sink]]\nname = \"r\"\nkind = \"http\"\nurl = \"https://r.example/\"\ntoken_env = \"EPM_TEST_TOKEN_NOT_SET\"\n"),
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+        .args(["config", "check", "--config"])
+        .arg(&config)
+        .env_remove("EPM_TEST_TOKEN_NOT_SET")
+        .output()
+        .expect("run epm-agent");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a token set only for the service is not an error: {stderr}"
+    );
+    assert!(
+        stderr.contains("warning") && stderr.contains("EPM_TEST_TOKEN_NOT_SET"),
+        "{stderr}"
+    );
+
+    // An inline token is never echoed.
+    std::fs::write(
+        &config,
+        format!("{AGENT}\n[[sink]]\nname = \"r\"\nkind = \"http\"\nurl = \"https://r.example/\"\ntoken = \"tok-3141592653\"\n"),
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+        .args(["config", "check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run epm-agent");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(0), "{all}");
+    assert!(!all.contains("tok-3141592653"), "{all}");
+}

@@ -79,7 +79,9 @@ impl HttpSink {
             .redirect(reqwest::redirect::Policy::none())
             .https_only(false);
         if let Some(ca_file) = &settings.ca_file {
-            builder = builder.add_root_certificate(read_certificate(ca_file).map_err(setup)?);
+            for certificate in read_certificates(ca_file).map_err(setup)? {
+                builder = builder.add_root_certificate(certificate);
+            }
         }
         if let Some(proxy) = &settings.proxy {
             let proxy = reqwest::Proxy::all(proxy)
@@ -106,6 +108,11 @@ impl HttpSink {
             tracing::error!(sink = %sink.name, "{error}");
         }
         Ok(sink)
+    }
+
+    /// Why the token cannot be used, if it cannot.
+    pub fn token_problem(&self) -> Option<&str> {
+        self.token_error.as_deref()
     }
 
     /// Reads the token again from its source (environment or file).
@@ -299,15 +306,22 @@ fn warn_if_readable_by_others(path: &Path) {
     let _ = path;
 }
 
-fn read_certificate(path: &Path) -> Result<reqwest::Certificate, String> {
+/// The certificates of a PEM file (one CA or a bundle); at least one.
+fn read_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
     let pem = std::fs::read(path)
         .map_err(|error| format!("cannot read ca_file {}: {error}", path.display()))?;
-    reqwest::Certificate::from_pem(&pem).map_err(|error| {
+    let not_pem = |detail: String| {
         format!(
-            "ca_file {} is not a PEM certificate: {error}",
+            "ca_file {} is not a PEM certificate{detail}",
             path.display()
         )
-    })
+    };
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|error| not_pem(format!(": {error}")))?;
+    if certificates.is_empty() {
+        return Err(not_pem(" (no -----BEGIN CERTIFICATE----- block)".into()));
+    }
+    Ok(certificates)
 }
 
 #[cfg(test)]

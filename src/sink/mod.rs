@@ -83,6 +83,15 @@ impl Transport {
         }
     }
 
+    /// A problem the sink can live with but the operator should hear of
+    /// (a token that cannot be read yet). Never contains the token.
+    pub fn setup_warning(&self) -> Option<&str> {
+        match self {
+            Transport::Http(sink) => sink.token_problem(),
+            Transport::File(_) => None,
+        }
+    }
+
     /// After a pause: a rotated token file or a fixed environment is
     /// picked up without restarting the agent.
     fn refresh(&mut self) {
