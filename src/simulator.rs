@@ -90,7 +90,8 @@ pub fn pick_key(roll: f64) -> u8 {
 /// fails or it reads end-of-file.
 ///
 /// Customers start with the host's first QUERY (before it nobody reads the
-/// port, and opening a serial port flushes what was sent) and stop when
+/// port, and opening a serial port flushes what was sent), the first one
+/// `min_gap` after it, and they stop when
 /// `pressing` is cancelled; heartbeats and identity replies go on until
 /// `stop`, so the agent sees a quiet, live device rather than a lost one.
 pub async fn run_device<L>(
@@ -119,6 +120,8 @@ pub async fn run_device<L>(
         let press_due = next_press.filter(|_| !pressing.is_cancelled());
         tokio::select! {
             _ = stop.cancelled() => return,
+            // Wakes the loop, so that the press already waited for is dropped.
+            _ = pressing.cancelled(), if press_due.is_some() => {}
             _ = heartbeat.tick() => device.heartbeat(&mut out),
             read = link.read(&mut read_buffer) => {
                 let Ok(count @ 1..) = read else { return };
@@ -126,7 +129,8 @@ pub async fn run_device<L>(
                 while let Some(command) = device.decode_outbound(&mut from_host) {
                     if command == Outbound::Query {
                         device.identity(&mut out);
-                        next_press.get_or_insert_with(|| Instant::now() + device.gap_to_next_press());
+                        // A customer was waiting for the device to come up.
+                        next_press.get_or_insert_with(|| Instant::now() + device.customers.min_gap);
                     }
                 }
             }

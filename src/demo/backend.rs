@@ -359,8 +359,16 @@ mod tests {
         encoder.finish().expect("compress")
     }
 
+    /// Straight to 127.0.0.1, whatever proxy the environment names.
+    fn test_client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("an HTTP client")
+    }
+
     async fn post(url: &str, body: Vec<u8>, gzipped: bool) -> u16 {
-        let mut request = reqwest::Client::new()
+        let mut request = test_client()
             .post(url)
             .header("content-type", "application/json")
             .body(body);
@@ -417,7 +425,7 @@ mod tests {
             400
         );
         assert_eq!(post(backend.url(), b"not gzip".to_vec(), true).await, 400);
-        let response = reqwest::Client::new()
+        let response = test_client()
             .post(backend.url())
             .header("content-type", "application/x-ndjson")
             .body("{}\n")

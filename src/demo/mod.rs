@@ -98,7 +98,8 @@ pub fn format_iel(iel: Option<f64>) -> String {
 
 /// Runs the demo until the duration is over or the process is asked to
 /// stop, then prints the summary. Fails when the agent fails or when the
-/// backend's counts do not end up equal to the store's.
+/// backend's counts do not end up equal to the store's. Call it before the
+/// process starts any thread: it may adjust the proxy variables.
 pub fn run(options: DemoOptions) -> anyhow::Result<()> {
     exempt_loopback_from_proxies();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -188,6 +189,8 @@ async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         joined = &mut agent => return Err(agent_ended(joined)),
     }
     pressing.cancel();
+    // Let the view show what was stored before the customers stopped.
+    let _ = progress.changed().await;
     println!(
         "{}",
         painter.paint(
@@ -223,7 +226,13 @@ async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         .context("reading the store's summary")?
         .context("cannot read the demo's store")?;
     print_summary(&painter, &store, &backend_snapshot);
-    drop(folder);
+    let folder_path = folder.path().to_path_buf();
+    if let Err(error) = folder.close() {
+        eprintln!(
+            "epm-agent: cannot remove the demo's folder {}: {error}",
+            folder_path.display()
+        );
+    }
 
     let agrees = store.tally == backend_snapshot.tally && store.delivered == store.stored;
     match ending {
@@ -331,7 +340,7 @@ fn demo_hardware() -> Vec<(
                 serial: UnitId(0x202A_0F31),
             },
             Customers {
-                presses_per_min: 20.0,
+                presses_per_min: 30.0,
                 min_gap: Duration::from_secs(1),
                 repeat_chance: 0.1,
             },
@@ -344,7 +353,7 @@ fn demo_hardware() -> Vec<(
                 remotes: (1..=3).map(|index| UnitId(0x301A_0000 + index)).collect(),
             },
             Customers {
-                presses_per_min: 40.0,
+                presses_per_min: 60.0,
                 min_gap: Duration::from_secs(1),
                 repeat_chance: 0.1,
             },

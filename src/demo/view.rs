@@ -89,6 +89,7 @@ pub async fn run(
         painter,
         reader: None,
         progress: Progress::default(),
+        shown_seqno: 0,
         tally: Tally::default(),
         device_states: HashMap::new(),
         last_error: None,
@@ -128,6 +129,8 @@ struct View {
     /// Opened once the daemon has created the store.
     reader: Option<Store>,
     progress: Progress,
+    /// The newest event shown.
+    shown_seqno: i64,
     /// The presses seen so far (the store starts empty).
     tally: Tally,
     /// Per device: (state, hardware id) as last shown.
@@ -138,7 +141,10 @@ struct View {
 
 /// One look at the store.
 struct Reading {
+    /// The next events to show, after the last one shown.
     events: Vec<StoredEvent>,
+    /// The newest event stored.
+    newest_seqno: i64,
     sink: SinkRow,
     devices: Vec<DeviceRow>,
 }
@@ -169,7 +175,7 @@ impl View {
                 Err(_) => return,
             },
         };
-        let after = self.progress.stored_seqno;
+        let after = self.shown_seqno;
         let joined = tokio::task::spawn_blocking(move || {
             let reading = read(&reader, after);
             (reader, reading)
@@ -194,6 +200,7 @@ impl View {
         };
         self.last_error = None;
         self.progress.looks += 1;
+        self.progress.stored_seqno = reading.newest_seqno;
         self.progress.delivered_seqno = reading.sink.delivered_seqno;
         self.progress.in_flight = reading.sink.in_flight;
         for device in &reading.devices {
@@ -202,7 +209,7 @@ impl View {
             }
         }
         for stored in &reading.events {
-            self.progress.stored_seqno = self.progress.stored_seqno.max(stored.seqno);
+            self.shown_seqno = self.shown_seqno.max(stored.seqno);
             if stored.event.event_type != "press" {
                 continue;
             }
@@ -249,13 +256,19 @@ impl View {
             "prolan-202" => format!("keypad {}", event.unit),
             _ => format!("remote {}", event.unit),
         };
-        let (answer, style) = match (event.answer.as_deref(), event.suppressed) {
-            (Some(answer), false) => (answer.to_string(), answer_style(answer)),
-            (Some(answer), true) => (format!("{answer} (suppressed)"), Style::Dim),
-            (None, false) => ("(unmapped key)".to_string(), Style::Dim),
-            (None, true) => ("(unmapped, suppressed)".to_string(), Style::Dim),
+        // The answer, and why it does not count towards the IEL.
+        let (answer, style, note) = match (event.answer.as_deref(), event.suppressed) {
+            (Some(answer), false) => (answer, answer_style(answer), ""),
+            (Some(answer), true) => (answer, Style::Dim, "suppressed"),
+            (None, suppressed) => (
+                "-",
+                Style::Dim,
+                if suppressed { "suppressed" } else { "unmapped" },
+            ),
         };
-        let answer = self.painter.paint(&format!("{answer:<17}"), style);
+        let answer = self
+            .painter
+            .paint(&format!("{answer:<8} {note:<11}"), style);
         let iel = self
             .tally
             .iel()
@@ -287,9 +300,9 @@ impl View {
                     String::new()
                 };
                 format!(
-                    "{upload} batch {}  {events:>2} event{}  {} {new} new{copies}  backend IEL {}",
+                    "{upload} batch {}  {}  {} {new} new{copies}  backend IEL {}",
                     short_id(batch_id),
-                    plural_s(*events),
+                    event_count(*events),
                     self.painter.paint("200 OK:", Style::Cyan),
                     self.painter.paint(&format_iel(tally.iel()), Style::Bold),
                 )
@@ -305,9 +318,9 @@ impl View {
                     "before reading the batch"
                 };
                 format!(
-                    "{upload} batch {}  {events:>2} event{}  {} {what}: the agent sends the same batch again in 1 s",
+                    "{upload} batch {}  {}  {} {what}: the agent sends the same batch again in 1 s",
                     short_id(batch_id),
-                    plural_s(*events),
+                    event_count(*events),
                     self.painter.paint("503 (flaky on purpose)", Style::Yellow),
                 )
             }
@@ -319,9 +332,13 @@ impl View {
     }
 }
 
+/// One consistent look: a read transaction sees the store as of one
+/// commit, so the sink's progress and the newest event belong together.
 fn read(store: &Store, after_seqno: i64) -> Result<Reading, StoreError> {
-    let events = store.events_after(after_seqno, EVENTS_PER_READ)?;
     let connection = store.connection();
+    let snapshot = connection.unchecked_transaction()?;
+    let events = store.events_after(after_seqno, EVENTS_PER_READ)?;
+    let newest_seqno = store.last_seqno()?;
     let sink = connection
         .query_row(
             "SELECT delivered_seqno, delivered, batch_id IS NOT NULL FROM sinks WHERE name = ?1",
@@ -351,8 +368,11 @@ fn read(store: &Store, after_seqno: i64) -> Result<Reading, StoreError> {
             })
         })?
         .collect::<Result<_, _>>()?;
+    drop(statement);
+    snapshot.finish()?;
     Ok(Reading {
         events,
+        newest_seqno,
         sink,
         devices,
     })
@@ -392,12 +412,14 @@ fn short_id(batch_id: &str) -> String {
     format!("…{tail}")
 }
 
-fn plural_s(count: usize) -> &'static str {
-    if count == 1 {
-        ""
+/// `1 event`, `12 events`, in a column of their own.
+fn event_count(count: usize) -> String {
+    let text = if count == 1 {
+        "1 event".to_string()
     } else {
-        "s"
-    }
+        format!("{count} events")
+    };
+    format!("{text:<9}")
 }
 
 fn plural_y(count: usize) -> &'static str {

@@ -1,0 +1,1045 @@
+//! Delivery end to end: the `epm-agent` binary, started on a store seeded
+//! through the library, uploads to a real HTTP backend (`backend`) that
+//! answers as each test plans: transient failures, `Retry-After`, 401, 422
+//! for poison events, 413 above a size, a sink that is down, a `kill -9` in
+//! the middle of an upload, and the contract's formats and headers.
+//!
+//! What holds in every test: every stored event reaches the backend, in
+//! store order, each id kept once; a batch id always carries the same
+//! events, however often it is sent; every request keeps the contract
+//! (headers, body shape, event fields). Every wait has a deadline and fails
+//! with the tail of the agent's stderr.
+
+mod backend;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde_json::{json, Map, Value};
+use tempfile::TempDir;
+
+use backend::{event_fields, Answer, Backend, Expect, Format, Incoming, Request};
+use epm_agent::event::NewPress;
+use epm_agent::protocol::UnitId;
+use epm_agent::store::{writer, Store, WriterOptions};
+
+/// The agent's own debug lines, everything else from info.
+const LOG_LEVEL: &str = "epm_agent=debug,info";
+/// Waits for a whole delivery when nothing fails.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often waits look again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+/// Lines of stderr a failure shows.
+const STDERR_TAIL_LINES: usize = 60;
+/// The key that marks an event the backend of the 422 test rejects.
+const POISON_KEY: u8 = 16;
+
+#[test]
+fn transient_failures_lose_nothing_and_a_retry_resends_the_same_batch() {
+    // 30 % of the requests fail, chosen by a seeded generator; the kinds of
+    // failure take turns so that each shows up: a 500, a reset, a timeout
+    // (the backend hangs longer than timeout_s) and a reset after the
+    // events were kept (the answer is lost, the batch must come again).
+    const SEED: u64 = 17;
+    const FAILURE_RATE: f64 = 0.3;
+    let faults = [
+        Answer::Status(500),
+        Answer::Reset,
+        Answer::Hang(Duration::from_millis(1_500)),
+        Answer::AcceptThenReset,
+    ];
+    let backend = Backend::start(Expect::plain(Format::Json));
+    let mut random = fastrand::Rng::with_seed(SEED);
+    let mut failures = 0;
+    let plan_faults = faults.clone();
+    backend.set_plan(move |_: &Incoming<'_>| {
+        if random.f64() >= FAILURE_RATE {
+            return Answer::Accept;
+        }
+        failures += 1;
+        plan_faults[(failures - 1) % plan_faults.len()].clone()
+    });
+    let sink = SinkConfig::new("reporter", &backend);
+    let case = Case::new(presses(200, &[]), std::slice::from_ref(&sink));
+    let mut agent = case.start();
+    agent.wait_until(Duration::from_secs(40), "every event delivered", || {
+        case.delivered_all(&backend, &sink)
+    });
+    agent.stop();
+
+    let requests = backend.requests();
+    assert_everything_in_store_order(&case, &backend, &agent);
+    assert_retries_resend_the_same_events(&requests);
+    let mut batches_of_id: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for request in &requests {
+        for id in &request.ids {
+            batches_of_id
+                .entry(id)
+                .or_default()
+                .insert(&request.batch_id);
+        }
+    }
+    for (id, batches) in &batches_of_id {
+        assert_eq!(
+            batches.len(),
+            1,
+            "event {id} went out in several batches: {batches:?}"
+        );
+    }
+    let mut accepted_per_batch: BTreeMap<&str, usize> = BTreeMap::new();
+    for request in &requests {
+        let count = accepted_per_batch.entry(&request.batch_id).or_default();
+        *count += usize::from(request.answer == Answer::Accept);
+    }
+    for (batch_id, accepted) in &accepted_per_batch {
+        assert_eq!(
+            *accepted, 1,
+            "batch {batch_id} answered 200 {accepted} times"
+        );
+    }
+    for fault in &faults {
+        assert!(
+            requests.iter().any(|request| &request.answer == fault),
+            "the plan never answered {fault:?}: the test does not test it (change SEED)\n{}",
+            summary(&requests)
+        );
+    }
+    let failed = requests
+        .iter()
+        .filter(|request| request.answer != Answer::Accept)
+        .count();
+    assert!(
+        (3..=requests.len() / 2).contains(&failed),
+        "{failed} of {} requests failed, expected about 30 %",
+        requests.len()
+    );
+}
+
+#[test]
+fn retry_after_is_obeyed_during_an_outage() {
+    // 503 with Retry-After: 1 for 8 s. max_backoff_s is large, so an agent
+    // that ignored Retry-After would wait 0.5-1, 1-2, 2-4, 4-8 s instead.
+    const OUTAGE: Duration = Duration::from_secs(8);
+    let backend = Backend::start(Expect::plain(Format::Json));
+    backend.set_plan(|_: &Incoming<'_>| Answer::RetryAfter {
+        status: 503,
+        seconds: 1,
+    });
+    let sink = SinkConfig {
+        max_backoff_s: 30,
+        timeout_s: 5,
+        ..SinkConfig::new("reporter", &backend)
+    };
+    let case = Case::new(presses(60, &[]), std::slice::from_ref(&sink));
+    let mut agent = case.start();
+    agent.wait_until(DELIVERY_TIMEOUT, "the first request", || {
+        !backend.requests().is_empty()
+    });
+    let outage_started = backend.requests()[0].at;
+    agent.wait_until(
+        OUTAGE + Duration::from_secs(1),
+        "the end of the outage",
+        || backend.elapsed() >= outage_started + OUTAGE,
+    );
+    backend.set_plan(|_: &Incoming<'_>| Answer::Accept);
+    agent.wait_until(DELIVERY_TIMEOUT, "every event delivered", || {
+        case.delivered_all(&backend, &sink)
+    });
+    agent.stop();
+
+    let requests = backend.requests();
+    assert_everything_in_store_order(&case, &backend, &agent);
+    assert_retries_resend_the_same_events(&requests);
+    let refused: Vec<&Request> = requests
+        .iter()
+        .filter(|request| request.answer.status() == Some(503))
+        .collect();
+    // One request at the start and one a second after each answer: 8, or
+    // 9 when the last one just beats the switch; one more of slack. (Fewer
+    // when a loaded machine stretches each round; the gaps below are what
+    // show Retry-After obeyed.)
+    assert!(
+        (5..=10).contains(&refused.len()),
+        "{} requests during an outage of {OUTAGE:?} with Retry-After: 1\n{}",
+        refused.len(),
+        summary(&requests)
+    );
+    for pair in refused.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            (Duration::from_millis(980)..=Duration::from_millis(2_000)).contains(&gap),
+            "{gap:?} between two requests, Retry-After said 1 s\n{}",
+            summary(&requests)
+        );
+    }
+    let batch_ids: BTreeSet<&str> = refused
+        .iter()
+        .map(|request| request.batch_id.as_str())
+        .collect();
+    assert_eq!(
+        batch_ids.len(),
+        1,
+        "the outage saw several batches: {batch_ids:?}"
+    );
+}
+
+#[test]
+fn a_401_pauses_the_sink_keeps_every_event_and_never_logs_the_token() {
+    const TOKEN: &str = "tok-7Qm2x9-never-in-logs";
+    const UNAUTHORIZED_FOR: Duration = Duration::from_secs(3);
+    let backend = Backend::start(Expect {
+        token: Some(TOKEN.into()),
+        ..Expect::plain(Format::Json)
+    });
+    backend.set_plan(|_: &Incoming<'_>| Answer::Status(401));
+    let sink = SinkConfig::new("reporter", &backend);
+    let case = Case::new(presses(50, &[]), std::slice::from_ref(&sink));
+    let mut agent = case.start();
+    agent.wait_until(DELIVERY_TIMEOUT, "the sink paused by the 401", || {
+        case.sink_row(&sink.name)
+            .is_some_and(|row| row.state == "paused")
+    });
+    let row = case.sink_row(&sink.name).expect("the sink's row");
+    assert!(
+        row.last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("401")),
+        "last_error {:?}",
+        row.last_error
+    );
+    let first = backend.requests()[0].at;
+    agent.wait_until(
+        UNAUTHORIZED_FOR + Duration::from_secs(1),
+        "the end of the 401s",
+        || backend.elapsed() >= first + UNAUTHORIZED_FOR,
+    );
+    assert_eq!(
+        case.sink_row(&sink.name).map(|row| row.state),
+        Some("paused".to_string()),
+        "the sink is paused for as long as the 401s last"
+    );
+    backend.set_plan(|_: &Incoming<'_>| Answer::Accept);
+    agent.wait_until(DELIVERY_TIMEOUT, "every event delivered", || {
+        case.delivered_all(&backend, &sink)
+    });
+    let stderr = agent.stop();
+
+    let requests = backend.requests();
+    assert_everything_in_store_order(&case, &backend, &agent);
+    assert_retries_resend_the_same_events(&requests);
+    assert_eq!(case.dead_letters(), vec![], "a 401 dead-letters nothing");
+    let row = case.sink_row(&sink.name).expect("the sink's row");
+    assert_eq!((row.state.as_str(), row.last_error), ("ok", None));
+    let unauthorized: Vec<&Request> = requests
+        .iter()
+        .filter(|request| request.answer == Answer::Status(401))
+        .collect();
+    // Paused on the slow cap (max_backoff_s = 1): about one try a second.
+    assert!(
+        (2..=6).contains(&unauthorized.len()),
+        "{} requests in {UNAUTHORIZED_FOR:?} of 401s with max_backoff_s = 1\n{}",
+        unauthorized.len(),
+        summary(&requests)
+    );
+    for request in &requests {
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some(&*format!("Bearer {TOKEN}"))
+        );
+    }
+    assert_not_logged(&stderr, TOKEN);
+    assert_not_logged(&stderr, "7Qm2x9");
+}
+
+#[test]
+fn a_rejected_event_is_dead_lettered_alone_and_the_rest_go_on_in_store_order() {
+    // Poison where a batch starts, in its middle, at its end, and twice in
+    // a row.
+    const POISON: [usize; 5] = [0, 7, 15, 40, 41];
+    let backend = Backend::start(Expect::plain(Format::Ndjson));
+    backend.set_plan(|incoming: &Incoming<'_>| {
+        if incoming.has_key(u64::from(POISON_KEY)) {
+            Answer::Status(422)
+        } else {
+            Answer::Accept
+        }
+    });
+    let sink = SinkConfig {
+        batch_size: 16,
+        ..SinkConfig::new("reporter", &backend)
+    };
+    let case = Case::new(presses(80, &POISON), std::slice::from_ref(&sink));
+    let mut agent = case.start();
+    agent.wait_until(DELIVERY_TIMEOUT, "the cursor at the last event", || {
+        case.sink_row(&sink.name)
+            .is_some_and(|row| row.delivered_seqno == case.last_seqno() && row.batch_id.is_none())
+    });
+    agent.stop();
+
+    let requests = backend.requests();
+    assert_contract_kept(&requests);
+    assert_retries_resend_the_same_events(&requests);
+    let poison: Vec<(i64, String)> = case
+        .events
+        .iter()
+        .filter(|event| event.key == POISON_KEY)
+        .map(|event| (event.seqno, event.id.clone()))
+        .collect();
+    assert_eq!(poison.len(), POISON.len());
+    let dead: Vec<(i64, String)> = case
+        .dead_letters()
+        .into_iter()
+        .map(|letter| {
+            assert_eq!(
+                (letter.sink.as_str(), letter.status),
+                (sink.name.as_str(), Some(422)),
+                "{letter:?}"
+            );
+            (letter.seqno, letter.event_id)
+        })
+        .collect();
+    assert_eq!(dead, poison, "exactly the poison events are dead letters");
+    let healthy: Vec<String> = case
+        .events
+        .iter()
+        .filter(|event| event.key != POISON_KEY)
+        .map(|event| event.id.clone())
+        .collect();
+    assert_eq!(
+        backend.received_ids(),
+        healthy,
+        "every other event, in store order\n{}",
+        agent.tail()
+    );
+    let row = case.sink_row(&sink.name).expect("the sink's row");
+    assert_eq!(row.delivered, healthy.len() as i64);
+}
+
+#[test]
+fn a_413_halves_the_batch_until_it_fits() {
+    const LARGEST_ACCEPTED: usize = 7;
+    let backend = Backend::start(Expect::plain(Format::Json));
+    backend.set_plan(|incoming: &Incoming<'_>| {
+        if incoming.events.len() > LARGEST_ACCEPTED {
+            Answer::Status(413)
+        } else {
+            Answer::Accept
+        }
+    });
+    let sink = SinkConfig {
+        batch_size: 30,
+        ..SinkConfig::new("reporter", &backend)
+    };
+    let case = Case::new(presses(100, &[]), std::slice::from_ref(&sink));
+    let mut agent = case.start();
+    agent.wait_until(DELIVERY_TIMEOUT, "every event delivered", || {
+        case.delivered_all(&backend, &sink)
+    });
+    agent.stop();
+
+    let requests = backend.requests();
+    assert_everything_in_store_order(&case, &backend, &agent);
+    assert_retries_resend_the_same_events(&requests);
+    assert_eq!(case.dead_letters(), vec![], "a 413 dead-letters nothing");
+    let sizes: Vec<usize> = requests.iter().map(|request| request.ids.len()).collect();
+    let too_large = requests
+        .iter()
+        .filter(|request| request.answer == Answer::Status(413))
+        .count();
+    // 30, 15, then 7 from then on: the agent remembers the size that fits.
+    assert!(
+        (1..=3).contains(&too_large),
+        "{too_large} answers 413; sizes sent: {sizes:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .filter(|request| request.answer == Answer::Accept)
+            .all(|request| request.ids.len() <= LARGEST_ACCEPTED),
+        "sizes sent: {sizes:?}"
+    );
+}
+
+#[test]
+fn a_sink_that_is_down_holds_back_no_other_and_catches_up() {
+    let up = Backend::start(Expect::plain(Format::Json));
+    // Nothing listens on this port until the down backend comes up:
+    // connections are refused.
+    let down_port = {
+        let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
+        reserved.local_addr().expect("reserved address").port()
+    };
+    let down_url = format!("http://127.0.0.1:{down_port}{}", backend::PATH);
+    let up_sink = SinkConfig {
+        batch_size: 25,
+        ..SinkConfig::new("up", &up)
+    };
+    let down_sink = SinkConfig {
+        name: "down".into(),
+        url: down_url,
+        ..up_sink.clone()
+    };
+    let case = Case::new(presses(100, &[]), &[up_sink.clone(), down_sink.clone()]);
+    let mut agent = case.start();
+    agent.wait_until(
+        Duration::from_secs(5),
+        "the up sink delivering everything",
+        || case.delivered_all(&up, &up_sink),
+    );
+    agent.wait_until(DELIVERY_TIMEOUT, "the down sink retrying", || {
+        case.sink_row(&down_sink.name)
+            .is_some_and(|row| row.state == "retrying")
+    });
+    let row = case.sink_row(&down_sink.name).expect("the down sink's row");
+    assert_eq!((row.delivered_seqno, row.delivered), (0, 0), "{row:?}");
+
+    let down = Backend::start_on(down_port, Expect::plain(Format::Json))
+        .unwrap_or_else(|error| panic!("port {down_port} was taken meanwhile: {error}"));
+    agent.wait_until(DELIVERY_TIMEOUT, "the down sink catching up", || {
+        case.delivered_all(&down, &down_sink)
+    });
+    agent.stop();
+
+    for backend in [&up, &down] {
+        assert_everything_in_store_order(&case, backend, &agent);
+        assert_retries_resend_the_same_events(&backend.requests());
+    }
+    assert_eq!(
+        up.requests().len(),
+        4,
+        "the up sink sent each of its 4 batches once"
+    );
+}
+
+#[test]
+fn kill_9_during_an_upload_resends_the_same_batch_after_the_restart() {
+    let backend = Backend::start(Expect::plain(Format::Json));
+    // The first request is held open well past the kill.
+    backend.set_plan(|incoming: &Incoming<'_>| match incoming.index {
+        0 => Answer::Hang(Duration::from_secs(10)),
+        _ => Answer::Accept,
+    });
+    let sink = SinkConfig {
+        timeout_s: 30,
+        ..SinkConfig::new("reporter", &backend)
+    };
+    let case = Case::new(presses(60, &[]), std::slice::from_ref(&sink));
+    let mut agent = case.start();
+    agent.wait_until(DELIVERY_TIMEOUT, "the first upload", || {
+        !backend.requests().is_empty()
+    });
+    agent.kill_9();
+    let interrupted = backend.requests()[0].clone();
+    let row = case.sink_row(&sink.name).expect("the sink's row");
+    assert_eq!(
+        row.batch_id.as_deref(),
+        Some(interrupted.batch_id.as_str()),
+        "the store names the batch in flight"
+    );
+    assert_eq!(row.delivered_seqno, 0, "{row:?}");
+
+    let mut agent = case.start();
+    agent.wait_until(
+        DELIVERY_TIMEOUT,
+        "every event delivered after the restart",
+        || case.delivered_all(&backend, &sink),
+    );
+    agent.stop();
+
+    let requests = backend.requests();
+    assert_everything_in_store_order(&case, &backend, &agent);
+    assert_retries_resend_the_same_events(&requests);
+    let resent = &requests[1];
+    assert_eq!(
+        (&resent.batch_id, &resent.ids),
+        (&interrupted.batch_id, &interrupted.ids),
+        "the first request after the restart is the interrupted batch\n{}",
+        summary(&requests)
+    );
+    assert_eq!(interrupted.ids.len(), sink.batch_size);
+}
+
+#[test]
+fn formats_headers_and_compression_follow_the_contract() {
+    // (format, gzip, token as inline / file / none); the backend checks
+    // every request's headers and body and records what is wrong.
+    const INLINE_TOKEN: &str = "inline-Zk41-secret";
+    const FILE_TOKEN: &str = "file-Hw83-secret";
+    let cases = [
+        (Format::Json, true, Some(TokenConfig::Inline(INLINE_TOKEN))),
+        (Format::Json, false, None),
+        (Format::Ndjson, false, Some(TokenConfig::File(FILE_TOKEN))),
+        (Format::Ndjson, true, None),
+    ];
+    let dir = TempDir::new().expect("temp dir");
+    let mut backends = Vec::new();
+    let mut sinks = Vec::new();
+    for (index, (format, gzip, token)) in cases.into_iter().enumerate() {
+        let secret = token.as_ref().map(|token| match token {
+            TokenConfig::Inline(secret) | TokenConfig::File(secret) => secret.to_string(),
+        });
+        let backend = Backend::start(Expect {
+            format,
+            gzip,
+            token: secret,
+        });
+        let mut sink = SinkConfig::new(&format!("sink-{index}"), &backend);
+        if let Some(TokenConfig::File(secret)) = token {
+            let path = dir.path().join(format!("token-{index}"));
+            write_private(&path, &format!("{secret}\n"));
+            sink.token = Token::File(path);
+        }
+        sinks.push(sink);
+        backends.push(backend);
+    }
+    let case = Case::with_log_level(presses(45, &[]), &sinks, "trace");
+    let mut agent = case.start();
+    for (backend, sink) in backends.iter().zip(&sinks) {
+        agent.wait_until(
+            DELIVERY_TIMEOUT,
+            "every event delivered to every sink",
+            || case.delivered_all(backend, sink),
+        );
+    }
+    let stderr = agent.stop();
+
+    let stored = case.stored_events();
+    for (backend, sink) in backends.iter().zip(&sinks) {
+        assert_everything_in_store_order(&case, backend, &agent);
+        let received: Vec<Map<String, Value>> =
+            backend.received_events().iter().map(event_fields).collect();
+        assert_eq!(received, stored, "sink {}: the events as stored", sink.name);
+        let requests = backend.requests();
+        assert_eq!(
+            requests.len(),
+            3,
+            "sink {}: 45 events in batches of 20",
+            sink.name
+        );
+    }
+    assert!(
+        stderr.contains("TRACE"),
+        "the agent logged nothing at trace level: the token check below checks little"
+    );
+    for secret in [INLINE_TOKEN, FILE_TOKEN] {
+        assert_not_logged(&stderr, secret);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The agent, its configuration and its store.
+
+/// A `[[sink]]` table of kind http.
+#[derive(Clone, Debug)]
+struct SinkConfig {
+    name: String,
+    url: String,
+    format: Format,
+    gzip: bool,
+    token: Token,
+    batch_size: usize,
+    max_backoff_s: u64,
+    timeout_s: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Token {
+    None,
+    Inline(String),
+    File(PathBuf),
+}
+
+/// How a test wants a sink's token given.
+enum TokenConfig {
+    Inline(&'static str),
+    File(&'static str),
+}
+
+impl SinkConfig {
+    /// A sink configured as `backend` expects: small batches, quick flushes
+    /// and short backoffs, so that the tests stay quick.
+    fn new(name: &str, backend: &Backend) -> SinkConfig {
+        let expect = backend.expect();
+        SinkConfig {
+            name: name.to_string(),
+            url: backend.url(),
+            format: expect.format,
+            gzip: expect.gzip,
+            token: expect.token.clone().map_or(Token::None, Token::Inline),
+            batch_size: 20,
+            max_backoff_s: 1,
+            timeout_s: 1,
+        }
+    }
+
+    fn toml(&self) -> String {
+        let format = match self.format {
+            Format::Json => "json",
+            Format::Ndjson => "ndjson",
+        };
+        let mut text = format!(
+            "[[sink]]\nname = \"{}\"\nkind = \"http\"\nurl = \"{}\"\nformat = \"{format}\"\n\
+             batch_size = {}\nflush_interval_ms = 50\nmax_backoff_s = {}\ntimeout_s = {}\ngzip = {}\n",
+            self.name, self.url, self.batch_size, self.max_backoff_s, self.timeout_s, self.gzip
+        );
+        match &self.token {
+            Token::None => {}
+            Token::Inline(token) => writeln!(text, "token = \"{token}\"").expect("to a string"),
+            Token::File(path) => {
+                writeln!(text, "token_file = \"{}\"", path.display()).expect("to a string")
+            }
+        }
+        text
+    }
+}
+
+/// A test's folder: the seeded store, the configuration, the agent's stderr.
+struct Case {
+    _dir: TempDir,
+    data_dir: PathBuf,
+    config: PathBuf,
+    stderr: PathBuf,
+    /// What was seeded, in store order.
+    events: Vec<Seeded>,
+}
+
+#[derive(Clone, Debug)]
+struct Seeded {
+    seqno: i64,
+    id: String,
+    key: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SinkRow {
+    delivered_seqno: i64,
+    delivered: i64,
+    state: String,
+    last_error: Option<String>,
+    batch_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct DeadLetter {
+    sink: String,
+    seqno: i64,
+    event_id: String,
+    status: Option<u16>,
+}
+
+impl Case {
+    fn new(presses: Vec<NewPress>, sinks: &[SinkConfig]) -> Case {
+        Case::with_log_level(presses, sinks, LOG_LEVEL)
+    }
+
+    /// Seeds the store with `presses` (then stops the writer) and writes a
+    /// configuration with no devices and these sinks.
+    fn with_log_level(presses: Vec<NewPress>, sinks: &[SinkConfig], level: &str) -> Case {
+        let dir = TempDir::new().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let events = seed(&data_dir, presses);
+        let mut text = format!(
+            "[agent]\nid = \"{}\"\nlocation = \"{}\"\ndata_dir = \"{}\"\n\n[log]\nlevel = \"{level}\"\n\n",
+            backend::AGENT_ID,
+            backend::LOCATION,
+            data_dir.display()
+        );
+        for sink in sinks {
+            text.push_str(&sink.toml());
+            text.push('\n');
+        }
+        let config = dir.path().join("agent.toml");
+        fs::write(&config, text).expect("write the configuration");
+        Case {
+            stderr: dir.path().join("agent.stderr"),
+            data_dir,
+            config,
+            _dir: dir,
+            events,
+        }
+    }
+
+    /// Starts `epm-agent run`; its stderr goes to the case's file (appended
+    /// to, across restarts).
+    fn start(&self) -> Agent {
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr)
+            .expect("open the stderr file");
+        let child = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start epm-agent");
+        Agent {
+            child: Some(child),
+            stderr: self.stderr.clone(),
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.events.iter().map(|event| event.id.clone()).collect()
+    }
+
+    fn last_seqno(&self) -> i64 {
+        self.events.last().map_or(0, |event| event.seqno)
+    }
+
+    /// The backend holds every event and the sink's cursor is past the last.
+    fn delivered_all(&self, backend: &Backend, sink: &SinkConfig) -> bool {
+        backend.has_all(&self.ids())
+            && self.sink_row(&sink.name).is_some_and(|row| {
+                row.delivered_seqno == self.last_seqno() && row.batch_id.is_none()
+            })
+    }
+
+    fn open(&self) -> Connection {
+        Connection::open_with_flags(
+            self.data_dir.join("epm-agent.db"),
+            OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open the store read-only")
+    }
+
+    fn sink_row(&self, name: &str) -> Option<SinkRow> {
+        self.open()
+            .query_row(
+                "SELECT delivered_seqno, delivered, state, last_error, batch_id FROM sinks WHERE name = ?1",
+                [name],
+                |row| {
+                    Ok(SinkRow {
+                        delivered_seqno: row.get(0)?,
+                        delivered: row.get(1)?,
+                        state: row.get(2)?,
+                        last_error: row.get(3)?,
+                        batch_id: row.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .expect("read the sinks table")
+    }
+
+    fn dead_letters(&self) -> Vec<DeadLetter> {
+        let connection = self.open();
+        let mut statement = connection
+            .prepare("SELECT sink, seqno, event_id, status FROM dead_letters ORDER BY sink, seqno")
+            .expect("prepare");
+        statement
+            .query_map([], |row| {
+                Ok(DeadLetter {
+                    sink: row.get(0)?,
+                    seqno: row.get(1)?,
+                    event_id: row.get(2)?,
+                    status: row.get(3)?,
+                })
+            })
+            .expect("read the dead letters")
+            .collect::<Result<_, _>>()
+            .expect("dead letter rows")
+    }
+
+    /// Every event as upload-v1 shows it, built from the store's columns.
+    fn stored_events(&self) -> Vec<Map<String, Value>> {
+        let connection = self.open();
+        let mut statement = connection
+            .prepare(
+                "SELECT id, type, ts, tz_offset_min, device, model, unit, key, answer, question,
+                        seq, rssi, battery, suppressed FROM events ORDER BY seqno",
+            )
+            .expect("prepare");
+        statement
+            .query_map([], |row| {
+                let event = json!({
+                    "id": row.get::<_, String>(0)?,
+                    "type": row.get::<_, String>(1)?,
+                    "ts": row.get::<_, String>(2)?,
+                    "tz_offset_min": row.get::<_, i64>(3)?,
+                    "device": row.get::<_, String>(4)?,
+                    "model": row.get::<_, String>(5)?,
+                    "unit": row.get::<_, String>(6)?,
+                    "key": row.get::<_, i64>(7)?,
+                    "answer": row.get::<_, Option<String>>(8)?,
+                    "question": row.get::<_, Option<String>>(9)?,
+                    "seq": row.get::<_, i64>(10)?,
+                    "rssi": row.get::<_, Option<i64>>(11)?,
+                    "battery": row.get::<_, Option<i64>>(12)?,
+                    "suppressed": row.get::<_, bool>(13)?,
+                });
+                Ok(event.as_object().cloned().unwrap_or_default())
+            })
+            .expect("read the events")
+            .collect::<Result<_, _>>()
+            .expect("event rows")
+    }
+}
+
+/// Stores `presses` through the library's writer, as the daemon would, and
+/// returns them as stored.
+fn seed(data_dir: &Path, presses: Vec<NewPress>) -> Vec<Seeded> {
+    let store = Store::open_writer(data_dir).expect("open the store");
+    let (handle, thread) = writer::spawn(store, WriterOptions::default()).expect("store writer");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime to seed with");
+    runtime.block_on(async {
+        for press in presses {
+            handle.press(press, None).await.expect("queue a press");
+        }
+        handle.flush().await.expect("commit the presses");
+    });
+    drop(handle);
+    thread.join().expect("the store writer stops");
+
+    let reader = Store::open_reader(data_dir).expect("open the store to read");
+    let mut statement = reader
+        .connection()
+        .prepare("SELECT seqno, id, key FROM events ORDER BY seqno")
+        .expect("prepare");
+    statement
+        .query_map([], |row| {
+            Ok(Seeded {
+                seqno: row.get(0)?,
+                id: row.get(1)?,
+                key: row.get(2)?,
+            })
+        })
+        .expect("read the seeded events")
+        .collect::<Result<_, _>>()
+        .expect("seeded rows")
+}
+
+/// `count` presses with distinct (unit, seq); those at `poison` have key 16.
+/// The optional fields vary, so that nulls are sent too.
+fn presses(count: usize, poison: &[usize]) -> Vec<NewPress> {
+    let start = Utc::now() - chrono::Duration::seconds(60);
+    (0..count)
+        .map(|index| {
+            let key = if poison.contains(&index) {
+                POISON_KEY
+            } else {
+                (index % 3) as u8 + 1
+            };
+            NewPress {
+                ts: start + chrono::Duration::milliseconds(index as i64 * 37),
+                tz_offset_min: 180,
+                device: "entrance".into(),
+                model: "prolan-501",
+                unit: UnitId(0x301A_0001 + (index % 3) as u32),
+                key,
+                answer: ["yes", "neutral", "no"]
+                    .get(usize::from(key) - 1)
+                    .map(|answer| answer.to_string()),
+                question: (index % 4 != 0).then(|| "recommend".to_string()),
+                seq: index as u16,
+                rssi: Some(-40 - (index % 50) as i8),
+                battery: (index % 5 != 0).then_some(87),
+                suppressed: index % 7 == 3,
+            }
+        })
+        .collect()
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create a private file");
+    std::io::Write::write_all(&mut file, text.as_bytes()).expect("write a private file");
+}
+
+/// The agent process; killed with SIGKILL if a test ends without stopping it.
+struct Agent {
+    child: Option<Child>,
+    stderr: PathBuf,
+}
+
+impl Agent {
+    /// Polls `done` until it holds; panics after `timeout`, or as soon as
+    /// the agent exits, with the agent's stderr.
+    fn wait_until(&mut self, timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "the agent exited ({status}) while waiting for {what}\n{}",
+                        self.tail()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {timeout:?}\n{}",
+                self.tail()
+            );
+            std::thread::sleep(POLL_EVERY);
+        }
+    }
+
+    /// SIGTERM; the agent must exit cleanly within 10 s. Returns its stderr.
+    fn stop(&mut self) -> String {
+        let mut child = self.child.take().expect("the agent is running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the agent") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the agent did not stop within 10 s of SIGTERM\n{}",
+                    self.tail()
+                );
+            }
+            std::thread::sleep(POLL_EVERY);
+        };
+        assert!(
+            status.success(),
+            "the agent exited with {status}\n{}",
+            self.tail()
+        );
+        self.stderr_text()
+    }
+
+    fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("the agent is running");
+        child.kill().expect("SIGKILL the agent");
+        child.wait().expect("reap the agent");
+    }
+
+    fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn tail(&self) -> String {
+        let text = without_colors(&self.stderr_text());
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n");
+        format!("--- the agent's stderr, last {STDERR_TAIL_LINES} lines ---\n{tail}")
+    }
+}
+
+/// The text without ANSI colour sequences (`ESC [ ... m`), which the agent's
+/// log lines carry even into a file.
+fn without_colors(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(char) = chars.next() {
+        if char == '\u{1b}' {
+            for inside in chars.by_ref() {
+                if inside.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        plain.push(char);
+    }
+    plain
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What every test checks.
+
+/// The backend kept exactly the stored events, in store order, and every
+/// request it got kept the contract.
+fn assert_everything_in_store_order(case: &Case, backend: &Backend, agent: &Agent) {
+    assert_eq!(
+        backend.received_ids(),
+        case.ids(),
+        "the backend holds every stored event once, in store order\n{}\n{}",
+        summary(&backend.requests()),
+        agent.tail()
+    );
+    assert_contract_kept(&backend.requests());
+}
+
+fn assert_contract_kept(requests: &[Request]) {
+    for (index, request) in requests.iter().enumerate() {
+        assert!(
+            request.problems.is_empty(),
+            "request {index} breaks the upload contract: {:#?}",
+            request.problems
+        );
+    }
+}
+
+/// A batch id, however often sent, always carries the same events: the
+/// backend sees duplicates only as retries of a batch.
+fn assert_retries_resend_the_same_events(requests: &[Request]) {
+    let mut first_by_batch: BTreeMap<&str, &Vec<String>> = BTreeMap::new();
+    for request in requests {
+        let first = first_by_batch
+            .entry(&request.batch_id)
+            .or_insert(&request.ids);
+        assert_eq!(
+            *first,
+            &request.ids,
+            "batch {} was sent with different events\n{}",
+            request.batch_id,
+            summary(requests)
+        );
+    }
+}
+
+/// `secret` is nowhere in the agent's stderr; a failure shows the lines
+/// that hold it.
+fn assert_not_logged(stderr: &str, secret: &str) {
+    let lines: Vec<String> = without_colors(stderr)
+        .lines()
+        .filter(|line| line.contains(secret))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        lines.is_empty(),
+        "the token is in the agent's stderr:\n{}",
+        lines.join("\n")
+    );
+}
+
+/// One line per request, for failure messages.
+fn summary(requests: &[Request]) -> String {
+    let mut text = String::from("--- requests: at, batch id, events, answer ---\n");
+    for request in requests {
+        let _ = writeln!(
+            text,
+            "{:>8.3}s {} {:>3} events {:?}",
+            request.at.as_secs_f64(),
+            request.batch_id,
+            request.ids.len(),
+            request.answer
+        );
+    }
+    text
+}
