@@ -1,6 +1,7 @@
 //! The `epm-agent` command line (`shared/spec/agent-interface.md`). `main`
 //! returns an exit code; everything below returns `Result`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -204,8 +205,10 @@ fn config_failure(error: &ConfigError) -> ExitCode {
 fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
+    // Colour only for a person at a terminal, not for journald or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if settings.log.json {
         builder.json().init();

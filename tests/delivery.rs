@@ -324,6 +324,90 @@ fn a_rejected_event_is_dead_lettered_alone_and_the_rest_go_on_in_store_order() {
 }
 
 #[test]
+fn dead_letters_are_listed_and_sent_again_on_request() {
+    const POISON: [usize; 2] = [3, 9];
+    let backend = Backend::start(Expect::plain(Format::Json));
+    backend.set_plan(|incoming: &Incoming<'_>| {
+        if incoming.has_key(u64::from(POISON_KEY)) {
+            Answer::Status(422)
+        } else {
+            Answer::Accept
+        }
+    });
+    let sink = SinkConfig {
+        batch_size: 8,
+        ..SinkConfig::new("reporter", &backend)
+    };
+    let case = Case::new(presses(20, &POISON), std::slice::from_ref(&sink));
+    let mut agent = case.start();
+    agent.wait_until(
+        DELIVERY_TIMEOUT,
+        "both poison events dead-lettered and the sink idle",
+        || {
+            case.dead_letters().len() == POISON.len()
+                && case.sink_row(&sink.name).is_some_and(|row| {
+                    row.delivered_seqno == case.last_seqno() && row.batch_id.is_none()
+                })
+        },
+    );
+
+    let deadletter = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+            .arg("deadletter")
+            .args(args)
+            .arg("--config")
+            .arg(&case.config)
+            .output()
+            .expect("run epm-agent deadletter");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let listed: Value =
+        serde_json::from_str(&deadletter(&["list", "--json"])).expect("list --json is JSON");
+    let listed_ids: Vec<&str> = listed
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter_map(|letter| letter["event_id"].as_str())
+        .collect();
+    let poison_ids: Vec<String> = case
+        .events
+        .iter()
+        .filter(|event| event.key == POISON_KEY)
+        .map(|event| event.id.clone())
+        .collect();
+    assert_eq!(listed_ids, poison_ids);
+    let table = deadletter(&["list"]);
+    assert!(
+        table.contains("HTTP 422") && table.contains(&poison_ids[0]),
+        "{table}"
+    );
+
+    // The backend is fixed; the running agent sends them when asked.
+    backend.set_plan(|_: &Incoming<'_>| Answer::Accept);
+    let said = deadletter(&["retry", "--sink", "reporter"]);
+    assert!(said.starts_with("2 dead letters"), "{said}");
+    agent.wait_until(DELIVERY_TIMEOUT, "the dead letters delivered", || {
+        case.dead_letters().is_empty()
+    });
+    agent.stop();
+    let mut received = backend.received_ids();
+    received.sort();
+    let mut all = case.ids();
+    all.sort();
+    assert_eq!(
+        received, all,
+        "every event delivered once, poison ones after the retry"
+    );
+    assert_eq!(case.sink_row(&sink.name).expect("row").delivered, 20);
+    assert!(deadletter(&["list"]).contains("no dead letters"));
+}
+
+#[test]
 fn a_413_halves_the_batch_until_it_fits() {
     const LARGEST_ACCEPTED: usize = 7;
     let backend = Backend::start(Expect::plain(Format::Json));

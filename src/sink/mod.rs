@@ -27,6 +27,13 @@ use crate::store::{
 };
 use policy::{Action, Outcome};
 
+/// How often an idle sink looks for dead letters to send again.
+const IDLE_RECHECK: Duration = Duration::from_secs(2);
+
+/// After a 413 halved the batch size, this many deliveries in a row double
+/// it again (up to `batch_size`).
+const GROW_AFTER: u32 = 50;
+
 /// Who is sending: goes into every batch (`agent`) and ndjson line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentInfo {
@@ -112,6 +119,7 @@ pub async fn run(
     let reader = Store::open_reader(&data_dir)?;
     let mut task = SinkTask {
         batch_limit: settings.batch_size,
+        delivered_at_limit: 0,
         settings,
         transport,
         reader: Some(reader),
@@ -130,8 +138,11 @@ struct SinkTask {
     reader: Option<Store>,
     store: StoreHandle,
     committed: watch::Receiver<i64>,
-    /// At most this many events per batch: `batch_size`, halved after a 413.
+    /// At most this many events per batch: `batch_size`, halved after a
+    /// 413 and doubled back after [`GROW_AFTER`] deliveries in a row.
     batch_limit: usize,
+    /// Batches delivered since the limit last changed.
+    delivered_at_limit: u32,
     /// Failures in a row of the batch in flight.
     failures: u32,
     state: SinkState,
@@ -203,8 +214,11 @@ impl SinkTask {
             .read(move |store| store.events_after(after, limit))
             .await?;
         if events.is_empty() {
+            // Idle: wake on the next commit, or now and then to pick up
+            // dead letters that `deadletter retry` flagged meanwhile.
             tokio::select! {
                 _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(IDLE_RECHECK) => {}
                 changed = self.committed.changed() => changed.map_err(|_| StoreError::WriterGone)?,
             }
             return Ok(None);
@@ -275,6 +289,15 @@ impl SinkTask {
                 }
                 self.failures = 0;
                 self.state = SinkState::Ok;
+                self.delivered_at_limit += 1;
+                if self.batch_limit < self.settings.batch_size
+                    && self.delivered_at_limit >= GROW_AFTER
+                {
+                    // A size limit may have been a proxy's mood: try bigger
+                    // batches again (a lasting limit costs one 413 per round).
+                    self.batch_limit = (self.batch_limit * 2).min(self.settings.batch_size);
+                    self.delivered_at_limit = 0;
+                }
             }
             Action::Retry { delay, reason } => {
                 self.fail(SinkState::Retrying, &reason, delay).await?;
@@ -287,7 +310,8 @@ impl SinkTask {
             }
             Action::Halve { reason } => {
                 self.batch_limit = (batch.events.len() / 2).max(1);
-                tracing::warn!(sink = %name, "{reason}: sending at most {} events per batch from now on", self.batch_limit);
+                self.delivered_at_limit = 0;
+                tracing::warn!(sink = %name, "{reason}: sending at most {} events per batch for now", self.batch_limit);
                 self.narrow(batch, None, &reason).await?;
             }
             Action::Split { status, reason } => {
