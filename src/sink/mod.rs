@@ -394,6 +394,17 @@ impl SinkTask {
             let events = self
                 .read(move |store| store.events_between(seqno, seqno))
                 .await?;
+            if events.is_empty() {
+                // Deleted by retention meanwhile: nothing left to send.
+                self.store
+                    .update_sink(SinkUpdate::RetryRejected {
+                        sink: self.settings.name.clone(),
+                        seqno,
+                        reason: "the event is no longer in the store (retention)".into(),
+                    })
+                    .await?;
+                continue;
+            }
             let batch_id = Ulid::generate().to_string();
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
