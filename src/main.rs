@@ -54,6 +54,17 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// What the running (or stopped) agent is doing; exit 0 ok, 1 warning,
+    /// 2 critical, 3 unknown (for Nagios, Zabbix, a Windows task).
+    Status(commands::status::Args),
+    /// Counts per answer and the loyalty indices (IEL, NPS) from the store.
+    Report(commands::report::Args),
+    /// Serial ports on this machine, with USB ids; `--probe` finds ProLAN hardware.
+    Devices(commands::devices::Args),
+    /// Follow new presses as they are stored.
+    Tail(commands::tail::Args),
+    /// Write stored events to a file or stdout.
+    Export(commands::export::Args),
 }
 
 #[derive(Subcommand)]
@@ -83,6 +94,8 @@ enum ConfigAction {
 
 /// Exit code of a configuration that cannot be used (`config check`, `run`).
 const EXIT_BAD_CONFIG: u8 = 2;
+/// `status` could not tell (monitoring-plugin convention).
+const EXIT_UNKNOWN: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -137,6 +150,40 @@ fn main() -> ExitCode {
             };
             command_result(result)
         }
+        Command::Status(args) => {
+            let settings = match config::load(&config_path) {
+                Ok(settings) => settings,
+                Err(error) => {
+                    eprintln!("epm-agent: {error}");
+                    return ExitCode::from(EXIT_UNKNOWN);
+                }
+            };
+            match commands::status::run(&settings, &args, &mut std::io::stdout().lock()) {
+                Ok(code) => ExitCode::from(code),
+                Err(error) => {
+                    eprintln!("epm-agent: {error:#}");
+                    ExitCode::from(EXIT_UNKNOWN)
+                }
+            }
+        }
+        Command::Report(args) => with_settings(&config_path, |settings, out| {
+            commands::report::run(settings, &args, out)
+        }),
+        Command::Tail(args) => with_settings(&config_path, |settings, out| {
+            commands::tail::run(settings, &args, out)
+        }),
+        Command::Export(args) => with_settings(&config_path, |settings, out| {
+            commands::export::run(settings, &args, out)
+        }),
+        Command::Devices(args) => {
+            // Listing ports needs no configuration; use it when there is one.
+            let settings = config::load(&config_path).ok();
+            command_result(commands::devices::run(
+                settings.as_ref(),
+                &args,
+                &mut std::io::stdout().lock(),
+            ))
+        }
         Command::Run => {
             let settings = match config::load(&config_path) {
                 Ok(settings) => settings,
@@ -183,6 +230,18 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         });
         daemon::run(settings, shutdown).await
     })
+}
+
+/// Loads the configuration (exit 2 if unusable), then runs `command` with
+/// stdout.
+fn with_settings(
+    config_path: &std::path::Path,
+    command: impl FnOnce(&Settings, &mut dyn std::io::Write) -> anyhow::Result<()>,
+) -> ExitCode {
+    match config::load(config_path) {
+        Ok(settings) => command_result(command(&settings, &mut std::io::stdout().lock())),
+        Err(error) => config_failure(&error),
+    }
 }
 
 fn command_result(result: anyhow::Result<()>) -> ExitCode {

@@ -3,6 +3,12 @@
 //! `main` turns it into an exit code.
 
 pub mod deadletter;
+pub mod devices;
+pub mod export;
+pub mod report;
+pub mod status;
+pub mod tail;
+pub mod time_range;
 
 use std::path::Path;
 

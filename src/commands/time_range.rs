@@ -1,0 +1,158 @@
+//! `--since` / `--until` as people type them: a date (`2026-11-01`, the
+//! shop's local midnight), a local date and time (`2026-11-01T09:30`, or
+//! with a space), an RFC 3339 instant (`2026-11-01T09:30:00Z`), `today`,
+//! `yesterday`, or an age (`7d`, `24h`, `30m`: that long before now).
+
+use chrono::{DateTime, Duration, Local, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+
+/// A half-open interval `[since, until)`; `None` is open on that side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl TimeRange {
+    /// Parses both bounds against `now` in the local time zone.
+    pub fn parse(
+        since: Option<&str>,
+        until: Option<&str>,
+        now: DateTime<Local>,
+    ) -> anyhow::Result<TimeRange> {
+        let since = since.map(|text| parse_instant(text, now)).transpose()?;
+        let until = until.map(|text| parse_instant(text, now)).transpose()?;
+        if let (Some(since), Some(until)) = (since, until) {
+            anyhow::ensure!(since < until, "--since must be before --until");
+        }
+        Ok(TimeRange { since, until })
+    }
+
+    /// The bounds in milliseconds since the epoch, for `events.ts_ms`.
+    pub fn millis(&self) -> (i64, i64) {
+        (
+            self.since.map_or(i64::MIN, |at| at.timestamp_millis()),
+            self.until.map_or(i64::MAX, |at| at.timestamp_millis()),
+        )
+    }
+}
+
+/// One bound; errors say what is accepted.
+pub fn parse_instant(text: &str, now: DateTime<Local>) -> anyhow::Result<DateTime<Utc>> {
+    let text = text.trim();
+    let local_midnight = |date: NaiveDate| local(date.and_time(NaiveTime::MIN), text);
+    match text {
+        "today" => return local_midnight(now.date_naive()),
+        "yesterday" => return local_midnight(now.date_naive() - Duration::days(1)),
+        "now" => return Ok(now.with_timezone(&Utc)),
+        _ => {}
+    }
+    if let Some(age) = parse_age(text) {
+        return Ok(now.with_timezone(&Utc) - age);
+    }
+    if let Ok(instant) = DateTime::parse_from_rfc3339(text) {
+        return Ok(instant.with_timezone(&Utc));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return local_midnight(date);
+    }
+    for format in [
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+    ] {
+        if let Ok(moment) = NaiveDateTime::parse_from_str(text, format) {
+            return local(moment, text);
+        }
+    }
+    anyhow::bail!(
+        "\"{text}\" is not a time: use a date (2026-11-01), a local time (2026-11-01T09:30), \
+         an RFC 3339 instant, today, yesterday, or an age such as 7d, 24h, 30m"
+    )
+}
+
+fn parse_age(text: &str) -> Option<Duration> {
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let count: i64 = number.parse().ok().filter(|count| *count >= 0)?;
+    match unit {
+        "d" => Duration::try_days(count),
+        "h" => Duration::try_hours(count),
+        "m" => Duration::try_minutes(count),
+        _ => None,
+    }
+}
+
+fn local(moment: NaiveDateTime, text: &str) -> anyhow::Result<DateTime<Utc>> {
+    // On a daylight-saving gap there is no such local time; take the
+    // earliest valid reading on an overlap.
+    Local
+        .from_local_datetime(&moment)
+        .earliest()
+        .map(|at| at.with_timezone(&Utc))
+        .ok_or_else(|| {
+            anyhow::anyhow!("\"{text}\" does not exist in the local time zone (a clock change)")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Local> {
+        Local
+            .with_ymd_and_hms(2026, 11, 22, 15, 30, 0)
+            .single()
+            .expect("a plain local time")
+    }
+
+    fn check(text: &str, expected: DateTime<Utc>) {
+        assert_eq!(parse_instant(text, now()).expect(text), expected, "{text}");
+    }
+
+    fn local_time(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Local
+            .with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .expect("local")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_forms_people_type() {
+        check("today", local_time(2026, 11, 22, 0, 0));
+        check("yesterday", local_time(2026, 11, 21, 0, 0));
+        check("7d", now().with_timezone(&Utc) - Duration::days(7));
+        check("24h", now().with_timezone(&Utc) - Duration::hours(24));
+        check("30m", now().with_timezone(&Utc) - Duration::minutes(30));
+        check("2026-11-01", local_time(2026, 11, 1, 0, 0));
+        check("2026-11-01T09:30", local_time(2026, 11, 1, 9, 30));
+        check("2026-11-01 09:30", local_time(2026, 11, 1, 9, 30));
+        check(
+            "2026-11-01T09:30:00Z",
+            Utc.with_ymd_and_hms(2026, 11, 1, 9, 30, 0)
+                .single()
+                .expect("utc"),
+        );
+        check(
+            "2026-11-01T12:30:00+03:00",
+            Utc.with_ymd_and_hms(2026, 11, 1, 9, 30, 0)
+                .single()
+                .expect("utc"),
+        );
+    }
+
+    #[test]
+    fn nonsense_says_what_is_accepted() {
+        for text in ["soon", "7w", "-3d", "2026-13-01", ""] {
+            let error = parse_instant(text, now()).expect_err(text).to_string();
+            assert!(error.contains("7d"), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn since_must_come_before_until() {
+        assert!(TimeRange::parse(Some("today"), Some("yesterday"), now()).is_err());
+        let range = TimeRange::parse(Some("yesterday"), Some("today"), now()).expect("valid");
+        assert!(range.since < range.until);
+    }
+}
