@@ -277,7 +277,10 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, path)
+    // Relative paths in the file are relative to its folder: anchor that
+    // folder to the current directory once, so they print unambiguously.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    parse(&text, &path)
 }
 
 /// Validates `text` as if read from `path` (used for error messages and to

@@ -1,0 +1,401 @@
+//! `epm-agent status` on prepared stores: each health rule and its exit
+//! code (0 ok, 1 warning, 2 critical, 3 unknown), the JSON contract's
+//! fields, and a real daemon seen running and then gone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{Duration as ChronoDuration, Utc};
+use rusqlite::{params, Connection};
+use serde_json::Value;
+
+use epm_agent::event::{format_timestamp, NewPress};
+use epm_agent::protocol::UnitId;
+use epm_agent::store::{writer, Store, WriterOptions};
+
+/// A store in a temp dir with a configuration naming one device and one sink.
+struct Prepared {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Prepared {
+    /// `presses` events, `minutes_ago` old; the daemon row says a live
+    /// process (this test) wrote a heartbeat just now; device connected,
+    /// sink ok with everything delivered.
+    fn healthy(presses: u16, minutes_ago: i64) -> Prepared {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (handle, thread) = writer::spawn(
+                Store::open_writer(&data_dir).expect("open"),
+                WriterOptions::default(),
+            )
+            .expect("writer");
+            for seq in 0..presses {
+                let press = NewPress {
+                    ts: Utc::now() - ChronoDuration::minutes(minutes_ago),
+                    tz_offset_min: 180,
+                    device: "entrance".into(),
+                    model: "prolan-501",
+                    unit: UnitId(0x301A_0002),
+                    key: 1,
+                    answer: Some("yes".into()),
+                    question: None,
+                    seq,
+                    rssi: Some(-61),
+                    battery: Some(87),
+                    suppressed: false,
+                };
+                handle.press(press, None).await.expect("queued");
+            }
+            handle.flush().await.expect("flushed");
+            drop(handle);
+            thread.join().expect("writer");
+        });
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nid = \"t\"\ndata_dir = \"{}\"\n\n[[device]]\nname = \"entrance\"\nmodel = \"prolan-501\"\nport = \"/dev/null-port\"\n\n\
+                 [[sink]]\nname = \"reporter\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/x\"\n",
+                data_dir.display()
+            ),
+        )
+        .expect("config");
+        let prepared = Prepared { dir, config };
+        let now = format_timestamp(Utc::now());
+        prepared.sql(
+            "INSERT INTO daemon (singleton, pid, version, started_at, heartbeat_at) VALUES (1, ?1, '0.1.0', ?2, ?2)",
+            params![std::process::id(), now],
+        );
+        prepared.sql(
+            "UPDATE devices SET port = '/dev/ttyACM0', state = 'connected', state_since = ?1, last_frame_at = ?1 WHERE name = 'entrance'",
+            params![now],
+        );
+        prepared.sql(
+            "INSERT INTO devices (name, model, port, state) SELECT 'entrance', 'prolan-501', '/dev/ttyACM0', 'connected'
+             WHERE NOT EXISTS (SELECT 1 FROM devices WHERE name = 'entrance')",
+            [],
+        );
+        prepared.sql(
+            "INSERT INTO sinks (name, delivered_seqno, delivered, state, last_success_at) VALUES ('reporter', ?1, ?1, 'ok', ?2)",
+            params![i64::from(presses), now],
+        );
+        prepared
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn sql(&self, statement: &str, parameters: impl rusqlite::Params) {
+        let connection = Connection::open(self.data_dir().join("epm-agent.db")).expect("open");
+        connection.execute(statement, parameters).expect(statement);
+    }
+
+    fn status(&self) -> (i32, Value, String) {
+        let json = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("run status");
+        let text = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+            .args(["status", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("run status");
+        let code = json.status.code().expect("exit code");
+        assert_eq!(
+            text.status.code(),
+            Some(code),
+            "text and JSON agree on the exit code"
+        );
+        let value: Value = serde_json::from_slice(&json.stdout)
+            .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&json.stderr)));
+        (
+            code,
+            value,
+            String::from_utf8_lossy(&text.stdout).into_owned(),
+        )
+    }
+}
+
+/// Runs status and expects `health`, `code`, and a problem containing `problem`.
+fn check(prepared: &Prepared, health: &str, code: i32, problem: &str) {
+    let (found_code, status, text) = prepared.status();
+    assert_eq!(
+        (status["health"].as_str(), found_code),
+        (Some(health), code),
+        "{status:#}"
+    );
+    let problems: Vec<&str> = status["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    if problem.is_empty() {
+        assert!(problems.is_empty(), "{problems:?}");
+    } else {
+        assert!(
+            problems.iter().any(|found| found.contains(problem)),
+            "{problems:?} lacks {problem:?}"
+        );
+        assert!(
+            text.contains(problem),
+            "the text view names it too:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_healthy_agent_is_ok_with_the_contract_fields() {
+    let prepared = Prepared::healthy(5, 0);
+    check(&prepared, "ok", 0, "");
+    let (_, status, text) = prepared.status();
+    assert_eq!(status["daemon"]["running"], true);
+    assert_eq!(status["daemon"]["pid"], std::process::id());
+    for field in ["version", "started_at", "heartbeat_at"] {
+        assert!(status["daemon"][field].is_string(), "daemon.{field}");
+    }
+    let device = &status["devices"][0];
+    assert_eq!(
+        (device["name"].as_str(), device["state"].as_str()),
+        (Some("entrance"), Some("connected"))
+    );
+    assert_eq!(device["presses"], 5);
+    for field in [
+        "model",
+        "port",
+        "last_frame_at",
+        "last_press_at",
+        "duplicates",
+        "bad_frames",
+    ] {
+        assert!(!device[field].is_null(), "devices[0].{field}");
+    }
+    assert_eq!(device["units"][0]["unit"], "301A0002");
+    assert_eq!(
+        (
+            device["units"][0]["battery"].as_u64(),
+            device["units"][0]["rssi"].as_i64()
+        ),
+        (Some(87), Some(-61))
+    );
+    assert_eq!(status["store"]["events"], 5);
+    assert!(status["store"]["size_bytes"]
+        .as_u64()
+        .is_some_and(|size| size > 0));
+    assert!(status["store"]["path"]
+        .as_str()
+        .is_some_and(|path| path.ends_with("epm-agent.db")));
+    let sink = &status["sinks"][0];
+    assert_eq!(
+        (
+            sink["name"].as_str(),
+            sink["state"].as_str(),
+            sink["pending"].as_u64(),
+            sink["delivered"].as_u64(),
+            sink["dead_letter"].as_u64()
+        ),
+        (Some("reporter"), Some("ok"), Some(0), Some(5), Some(0))
+    );
+    assert!(sink["last_error"].is_null());
+    assert!(text.starts_with("epm-agent OK"), "{text}");
+}
+
+#[test]
+fn each_warning_rule() {
+    let prepared = Prepared::healthy(3, 0);
+    prepared.sql("UPDATE devices SET state = 'silent'", []);
+    check(&prepared, "warning", 1, "device entrance is silent");
+    prepared.sql(
+        "UPDATE devices SET state = 'disconnected', last_error = 'cannot open /dev/ttyACM0'",
+        [],
+    );
+    check(
+        &prepared,
+        "warning",
+        1,
+        "device entrance is disconnected: cannot open /dev/ttyACM0",
+    );
+    prepared.sql(
+        "UPDATE devices SET state = 'connected', last_error = NULL",
+        [],
+    );
+    check(&prepared, "ok", 0, "");
+
+    prepared.sql(
+        "UPDATE sinks SET state = 'retrying', last_error = 'HTTP 503 Service Unavailable'",
+        [],
+    );
+    check(
+        &prepared,
+        "warning",
+        1,
+        "sink reporter is retrying: HTTP 503",
+    );
+    prepared.sql(
+        "UPDATE sinks SET state = 'paused', last_error = 'HTTP 401 Unauthorized'",
+        [],
+    );
+    check(&prepared, "warning", 1, "sink reporter is paused: HTTP 401");
+    prepared.sql("UPDATE sinks SET state = 'ok', last_error = NULL", []);
+
+    prepared.sql(
+        "INSERT INTO dead_letters (sink, seqno, event_id, status, reason, at) SELECT 'reporter', seqno, id, 422, 'HTTP 422', ts FROM events LIMIT 1",
+        [],
+    );
+    check(&prepared, "warning", 1, "1 dead letter");
+    prepared.sql("DELETE FROM dead_letters", []);
+
+    prepared.sql(
+        "UPDATE store_state SET over_cap_since = '2026-11-01T00:00:00.000Z'",
+        [],
+    );
+    check(&prepared, "warning", 1, "exceed max_size_mb");
+    prepared.sql("UPDATE store_state SET over_cap_since = NULL", []);
+    check(&prepared, "ok", 0, "");
+}
+
+#[test]
+fn an_undelivered_press_older_than_15_minutes_is_a_warning() {
+    let fresh = Prepared::healthy(4, 10);
+    fresh.sql("UPDATE sinks SET delivered_seqno = 2", []);
+    check(&fresh, "ok", 0, "");
+    let (_, status, _) = fresh.status();
+    assert_eq!(status["sinks"][0]["pending"], 2);
+
+    let old = Prepared::healthy(4, 20);
+    old.sql("UPDATE sinks SET delivered_seqno = 2", []);
+    check(
+        &old,
+        "warning",
+        1,
+        "oldest undelivered press is 20 minutes old",
+    );
+}
+
+#[test]
+fn each_critical_rule() {
+    let prepared = Prepared::healthy(2, 0);
+    let old = format_timestamp(Utc::now() - ChronoDuration::seconds(60));
+    prepared.sql("UPDATE daemon SET heartbeat_at = ?1", params![old]);
+    check(&prepared, "critical", 2, "has not written its heartbeat");
+
+    prepared.sql(
+        "UPDATE daemon SET heartbeat_at = ?1, stopped_at = ?1",
+        params![old],
+    );
+    check(
+        &prepared,
+        "critical",
+        2,
+        "the agent is not running (stopped at",
+    );
+    let (_, status, text) = prepared.status();
+    assert_eq!(status["daemon"]["running"], false);
+    assert!(text.contains("not running since"), "{text}");
+
+    // A pid that cannot exist: the process died without saying so.
+    prepared.sql(
+        "UPDATE daemon SET pid = 2147483000, stopped_at = NULL, heartbeat_at = ?1",
+        params![format_timestamp(Utc::now())],
+    );
+    check(&prepared, "critical", 2, "it died");
+
+    prepared.sql("DELETE FROM daemon", []);
+    check(&prepared, "critical", 2, "never run");
+}
+
+#[test]
+fn no_store_or_no_config_is_unknown() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nid = \"t\"\ndata_dir = \"{}\"\n",
+            dir.path().join("none").display()
+        ),
+    )
+    .expect("config");
+    let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run status");
+    assert_eq!(output.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no store at"));
+    let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+        .args(["status", "--config", "/nonexistent/agent.toml"])
+        .output()
+        .expect("run status");
+    assert_eq!(output.status.code(), Some(3));
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_real_daemon_is_seen_running_and_then_dead() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nid = \"t\"\ndata_dir = \"{}\"\n\n[[device]]\nname = \"sim\"\nmodel = \"simulator\"\nsim_presses_per_min = 600\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("config");
+    let status = |config: &Path| -> (i32, Value) {
+        let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+            .args(["status", "--json", "--config"])
+            .arg(config)
+            .output()
+            .expect("status");
+        let value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        (output.status.code().unwrap_or(-1), value)
+    };
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agent");
+    wait_for("status ok with presses", || {
+        let (code, value) = status(&config);
+        code == 0
+            && value["devices"][0]["presses"]
+                .as_u64()
+                .is_some_and(|presses| presses > 0)
+    });
+    let (_, value) = status(&config);
+    assert_eq!(value["daemon"]["pid"], agent.id());
+    agent.kill().expect("kill -9");
+    agent.wait().expect("reaped");
+    let (code, value) = status(&config);
+    assert_eq!(
+        (code, value["health"].as_str()),
+        (2, Some("critical")),
+        "{value:#}"
+    );
+    assert!(
+        value["problems"][0]
+            .as_str()
+            .is_some_and(|problem| problem.contains("died")),
+        "{value:#}"
+    );
+}
