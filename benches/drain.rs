@@ -10,7 +10,6 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,12 +18,9 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use chrono::Utc;
 use serde::Deserialize;
 
-use epm_agent::event::NewPress;
-use epm_agent::protocol::UnitId;
-use epm_agent::store::{writer, Store, WriterOptions};
+mod support;
 
 #[derive(Deserialize)]
 struct Batch {
@@ -48,37 +44,6 @@ fn env_number(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(default)
-}
-
-async fn seed(data_dir: &Path, events: usize) {
-    let (handle, thread) = writer::spawn(
-        Store::open_writer(data_dir).expect("open store"),
-        WriterOptions::default(),
-    )
-    .expect("writer");
-    let answers = ["yes", "neutral", "no"];
-    for index in 0..events {
-        let press = NewPress {
-            ts: Utc::now(),
-            tz_offset_min: 180,
-            device: "entrance".into(),
-            model: "prolan-501",
-            unit: UnitId(0x301A_0000 + (index % 16) as u32),
-            key: (index % 3) as u8 + 1,
-            answer: Some(answers[index % 3].into()),
-            question: Some("recommend".into()),
-            seq: (index % 65_536) as u16,
-            rssi: Some(-61),
-            battery: Some(87),
-            suppressed: false,
-        };
-        handle.press(press, None).await.expect("writer alive");
-    }
-    handle.flush().await.expect("flushed");
-    drop(handle);
-    tokio::task::spawn_blocking(move || thread.join().expect("writer thread"))
-        .await
-        .expect("join");
 }
 
 async fn serve(received: Arc<Mutex<Received>>) -> SocketAddr {
@@ -148,7 +113,7 @@ fn main() {
     for gzip in [false, true] {
         let dir = tempfile::tempdir_in(&base).expect("temp dir");
         let data_dir = dir.path().join("data");
-        runtime.block_on(seed(&data_dir, events));
+        runtime.block_on(support::seed(&data_dir, events));
         let received = Arc::new(Mutex::new(Received::default()));
         let address = runtime.block_on(serve(received.clone()));
         let config = dir.path().join("agent.toml");

@@ -11,33 +11,16 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use tokio::sync::mpsc;
 
-use epm_agent::event::NewPress;
-use epm_agent::protocol::UnitId;
 use epm_agent::store::{writer, Store, StoreHandle, WriterOptions};
+use support::press;
+
+mod support;
 
 const BURST_PRESSES: usize = 200_000;
 const BURST_ROUNDS: usize = 3;
 const LONE_PRESSES: usize = 2_000;
-
-fn press(index: usize) -> NewPress {
-    NewPress {
-        ts: Utc::now(),
-        tz_offset_min: 180,
-        device: "entrance".into(),
-        model: "prolan-501",
-        unit: UnitId(0x301A_0000 + (index % 8) as u32),
-        key: (index % 3) as u8 + 1,
-        answer: Some(["yes", "neutral", "no"][index % 3].into()),
-        question: Some("recommend".into()),
-        seq: (index % 65_536) as u16,
-        rssi: Some(-61),
-        battery: Some(87),
-        suppressed: false,
-    }
-}
 
 async fn burst(handle: &StoreHandle) -> f64 {
     let started = Instant::now();
