@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 mod support;
 
 fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -23,7 +26,10 @@ fn main() {
         .unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(base).expect("temp dir");
     let data_dir = dir.path().join("data");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(support::seed(&data_dir, events));
 
     let config = dir.path().join("agent.toml");
@@ -61,10 +67,15 @@ fn main() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let first_count = loop {
         let (_, json) = status();
-        if json["daemon"]["running"] == true && json["devices"][0]["presses"].as_u64().unwrap_or(0) > 0 {
+        if json["daemon"]["running"] == true
+            && json["devices"][0]["presses"].as_u64().unwrap_or(0) > 0
+        {
             break json["store"]["events"].as_u64().unwrap_or(0);
         }
-        assert!(Instant::now() < deadline, "the daemon did not start writing");
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not start writing"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut times = Vec::with_capacity(runs);
@@ -75,7 +86,10 @@ fn main() {
         times.push(elapsed);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = agent.wait();
     times.sort();
     let millis = |duration: Duration| duration.as_secs_f64() * 1e3;

@@ -29,10 +29,16 @@ pub fn press(index: usize) -> NewPress {
 /// Fills a new store in `data_dir` with `events` presses through the writer.
 #[allow(dead_code)] // not every bench seeds
 pub async fn seed(data_dir: &Path, events: usize) {
-    let (handle, thread) =
-        writer::spawn(Store::open_writer(data_dir).expect("open store"), WriterOptions::default()).expect("writer");
+    let (handle, thread) = writer::spawn(
+        Store::open_writer(data_dir).expect("open store"),
+        WriterOptions::default(),
+    )
+    .expect("writer");
     for index in 0..events {
-        handle.press(press(index), None).await.expect("writer alive");
+        handle
+            .press(press(index), None)
+            .await
+            .expect("writer alive");
     }
     handle.flush().await.expect("flushed");
     drop(handle);
