@@ -2,6 +2,7 @@
 //! command line while the daemon may be running. Each returns `Result`;
 //! `main` turns it into an exit code.
 
+pub mod chart;
 pub mod deadletter;
 pub mod devices;
 pub mod export;

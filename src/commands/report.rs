@@ -1,13 +1,761 @@
-//! `epm-agent report` (being written this session; replaced before it ends).
+//! `epm-agent report [--since T] [--until T] [--by day|hour|device|question|unit]
+//! [--json|--csv] [--chart FILE.svg]`: counts per answer and the loyalty
+//! indices (IEL and NPS, as `shared/spec/agent-interface.md` defines them)
+//! per group, from the local store. SQLite does the counting in one
+//! aggregate query over the `events_by_time` index, so only one row per
+//! group leaves the store, however many presses it holds.
+//!
+//! Every press is in exactly one answer column: presses = suppressed + yes +
+//! neutral + no + other + scores. Suppressed presses (the anti-spam rule)
+//! are counted apart and nowhere else, so they are left out of both
+//! indices; `other` holds unmapped keys (no answer) and answers that are
+//! neither yes / neutral / no nor a score "0" to "10". Days and hours are
+//! the shop's local time: each press's `ts` moved by its own
+//! `tz_offset_min`.
 
 use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chrono::{DateTime, Local, NaiveDate, Utc};
+use rusqlite::types::Value;
+use rusqlite::Connection;
+use serde::Serialize;
 
 use crate::config::Settings;
+use crate::event::format_timestamp;
+
+use super::chart::{self, ChartData, HourPresses};
+use super::time_range::TimeRange;
+use super::{aligned_table, open_store};
 
 /// The command's options.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Start of the range, included: a date (2026-11-01, local midnight), a
+    /// local time (2026-11-01T09:30), an RFC 3339 instant, today,
+    /// yesterday, or an age (7d, 24h, 30m) [default: the oldest press]
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// End of the range, left out; the same forms as --since [default: the
+    /// newest press]
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+    /// One row per local day, local hour of the day (00-23, over all the
+    /// days of the range), device, question or unit.
+    #[arg(long, value_enum, default_value_t = Grouping::Day)]
+    pub by: Grouping,
+    /// JSON instead of a table.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// CSV instead of a table.
+    #[arg(long)]
+    pub csv: bool,
+    /// Also draw the IEL per day and the presses per hour of the day into
+    /// this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub chart: Option<PathBuf>,
+}
 
-pub fn run(_settings: &Settings, _args: &Args, _out: &mut dyn Write) -> anyhow::Result<()> {
-    anyhow::bail!("`report` is not built yet")
+/// What one row of the report stands for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Grouping {
+    /// The shop's local calendar day.
+    #[default]
+    Day,
+    /// The shop's local hour of the day, 00 to 23, over all days.
+    Hour,
+    Device,
+    Question,
+    Unit,
+}
+
+/// The presses of one group, each counted in `presses` and in exactly one
+/// of the other columns (`promoters` and `detractors` are part of `scores`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub presses: u64,
+    pub suppressed: u64,
+    pub yes: u64,
+    pub neutral: u64,
+    pub no: u64,
+    /// Not suppressed, and the key is unmapped or the answer is none of the
+    /// others.
+    pub other: u64,
+    /// Not suppressed, answer "0" to "10".
+    pub scores: u64,
+    /// Scores 9 and 10.
+    pub promoters: u64,
+    /// Scores 0 to 6.
+    pub detractors: u64,
+}
+
+/// A group of presses: a day, an hour of the day, or a device, question or
+/// unit by name (`None`: presses of a device without a question).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Group {
+    Day(NaiveDate),
+    Hour(u8),
+    Named(Option<String>),
+}
+
+/// The report: one row per group in order, and their total.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub range: TimeRange,
+    pub by: Grouping,
+    pub groups: Vec<(Group, Counts)>,
+    pub total: Counts,
+}
+
+/// Prints the report as a table, JSON or CSV; draws the chart if asked.
+pub fn run(settings: &Settings, args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    let range = TimeRange::parse(args.since.as_deref(), args.until.as_deref(), Local::now())?;
+    let store = open_store(&settings.agent.data_dir)?;
+    let report = Report::query(store.connection(), range, args.by)?;
+    if let Some(path) = &args.chart {
+        chart::write_svg(path, &chart_data(store.connection(), &report)?)?;
+    }
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &report_json(&report))?;
+        writeln!(out)?;
+    } else if args.csv {
+        write_csv(&report, out)?;
+    } else {
+        write_table(&report, out)?;
+        if let Some(path) = &args.chart {
+            writeln!(out, "chart: {}", path.display())?;
+        }
+    }
+    Ok(())
+}
+
+impl Grouping {
+    /// The name of the option value, and of the group column.
+    pub fn name(self) -> &'static str {
+        match self {
+            Grouping::Day => "day",
+            Grouping::Hour => "hour",
+            Grouping::Device => "device",
+            Grouping::Question => "question",
+            Grouping::Unit => "unit",
+        }
+    }
+
+    /// The SQL value a press is grouped by. Day and hour are counted in
+    /// whole local days and hours since the epoch (integer arithmetic,
+    /// cheaper per row than SQLite's date functions).
+    fn bucket_sql(self) -> &'static str {
+        match self {
+            Grouping::Day => "(ts_ms + tz_offset_min * 60000) / 86400000",
+            Grouping::Hour => "(ts_ms + tz_offset_min * 60000) / 3600000 % 24",
+            Grouping::Device => "device",
+            Grouping::Question => "question",
+            Grouping::Unit => "unit",
+        }
+    }
+
+    fn group(self, bucket: Value) -> anyhow::Result<Group> {
+        let impossible = || anyhow::anyhow!("the store holds a press with an impossible time");
+        match (self, bucket) {
+            (Grouping::Day, Value::Integer(days)) => days
+                .checked_mul(86_400)
+                .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
+                .map(|midnight| Group::Day(midnight.date_naive()))
+                .ok_or_else(impossible),
+            (Grouping::Hour, Value::Integer(hour)) => u8::try_from(hour)
+                .ok()
+                .filter(|hour| *hour < 24)
+                .map(Group::Hour)
+                .ok_or_else(impossible),
+            (Grouping::Device | Grouping::Question | Grouping::Unit, Value::Null) => {
+                Ok(Group::Named(None))
+            }
+            (Grouping::Device | Grouping::Question | Grouping::Unit, Value::Text(name)) => {
+                Ok(Group::Named(Some(name)))
+            }
+            (by, bucket) => anyhow::bail!(
+                "the store holds a press with an unexpected {}: {bucket:?}",
+                by.name()
+            ),
+        }
+    }
+}
+
+impl Counts {
+    /// IEL = 100 × (yes − no) / (yes + neutral + no); `None` without any of
+    /// those answers.
+    pub fn iel(&self) -> Option<f64> {
+        let answered = self.yes + self.neutral + self.no;
+        (answered > 0).then(|| 100.0 * (self.yes as f64 - self.no as f64) / answered as f64)
+    }
+
+    /// NPS = 100 × (promoters − detractors) / scores; `None` without scores.
+    pub fn nps(&self) -> Option<f64> {
+        (self.scores > 0)
+            .then(|| 100.0 * (self.promoters as f64 - self.detractors as f64) / self.scores as f64)
+    }
+
+    fn add(&mut self, other: &Counts) {
+        self.presses += other.presses;
+        self.suppressed += other.suppressed;
+        self.yes += other.yes;
+        self.neutral += other.neutral;
+        self.no += other.no;
+        self.other += other.other;
+        self.scores += other.scores;
+        self.promoters += other.promoters;
+        self.detractors += other.detractors;
+    }
+}
+
+impl Group {
+    /// How the group is written in every format; `None` for a device
+    /// without a question.
+    pub fn label(&self) -> Option<String> {
+        match self {
+            Group::Day(day) => Some(day.format("%Y-%m-%d").to_string()),
+            Group::Hour(hour) => Some(format!("{hour:02}:00")),
+            Group::Named(name) => name.clone(),
+        }
+    }
+}
+
+impl Report {
+    /// Counts the presses of `range` per group, in one query.
+    pub fn query(
+        connection: &Connection,
+        range: TimeRange,
+        by: Grouping,
+    ) -> anyhow::Result<Report> {
+        let (sql, bounds) = aggregate_sql(by, &range);
+        let mut statement = connection.prepare(&sql)?;
+        let rows = statement.query_map(rusqlite::params_from_iter(bounds), |row| {
+            Ok((
+                row.get::<_, Value>(0)?,
+                Counts {
+                    presses: row.get(1)?,
+                    suppressed: row.get(2)?,
+                    yes: row.get(3)?,
+                    neutral: row.get(4)?,
+                    no: row.get(5)?,
+                    other: row.get(6)?,
+                    scores: row.get(7)?,
+                    promoters: row.get(8)?,
+                    detractors: row.get(9)?,
+                },
+            ))
+        })?;
+        let mut groups = Vec::new();
+        let mut total = Counts::default();
+        for row in rows {
+            let (bucket, counts) = row.context("cannot read the report from the store")?;
+            total.add(&counts);
+            groups.push((by.group(bucket)?, counts));
+        }
+        Ok(Report {
+            range,
+            by,
+            groups,
+            total,
+        })
+    }
+}
+
+/// The scores of the NPS, as SQL text literals.
+const SCORES_SQL: &str = "'0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10'";
+const PROMOTERS_SQL: &str = "'9', '10'";
+const DETRACTORS_SQL: &str = "'0', '1', '2', '3', '4', '5', '6'";
+
+/// The aggregate query and its parameters. A bound is only in the query
+/// when it is given: a range uses `events_by_time`, no range scans the
+/// table in order (faster than visiting every row through the index).
+fn aggregate_sql(by: Grouping, range: &TimeRange) -> (String, Vec<i64>) {
+    let mut conditions = vec!["type = 'press'"];
+    let mut bounds = Vec::new();
+    if let Some(since) = range.since {
+        conditions.push("ts_ms >= ?");
+        bounds.push(since.timestamp_millis());
+    }
+    if let Some(until) = range.until {
+        conditions.push("ts_ms < ?");
+        bounds.push(until.timestamp_millis());
+    }
+    let counted = "NOT suppressed AND";
+    let sql = format!(
+        "SELECT {bucket} AS bucket,
+                count(*),
+                count(*) FILTER (WHERE suppressed),
+                count(*) FILTER (WHERE {counted} answer = 'yes'),
+                count(*) FILTER (WHERE {counted} answer = 'neutral'),
+                count(*) FILTER (WHERE {counted} answer = 'no'),
+                count(*) FILTER (WHERE {counted} (answer IS NULL
+                    OR answer NOT IN ('yes', 'neutral', 'no', {SCORES_SQL}))),
+                count(*) FILTER (WHERE {counted} answer IN ({SCORES_SQL})),
+                count(*) FILTER (WHERE {counted} answer IN ({PROMOTERS_SQL})),
+                count(*) FILTER (WHERE {counted} answer IN ({DETRACTORS_SQL}))
+         FROM events
+         WHERE {conditions}
+         GROUP BY bucket
+         ORDER BY bucket",
+        bucket = by.bucket_sql(),
+        conditions = conditions.join(" AND "),
+    );
+    (sql, bounds)
+}
+
+/// The chart's numbers: the report's own rows when it is by day or hour,
+/// otherwise one more query for each.
+fn chart_data(connection: &Connection, report: &Report) -> anyhow::Result<ChartData> {
+    let groups_by = |by: Grouping| -> anyhow::Result<Vec<(Group, Counts)>> {
+        if report.by == by {
+            Ok(report.groups.clone())
+        } else {
+            Ok(Report::query(connection, report.range, by)?.groups)
+        }
+    };
+    let iel_per_day: Vec<(NaiveDate, Option<f64>)> = groups_by(Grouping::Day)?
+        .into_iter()
+        .filter_map(|(group, counts)| match group {
+            Group::Day(day) => Some((day, counts.iel().map(one_decimal))),
+            _ => None,
+        })
+        .collect();
+    let mut presses_per_hour = [HourPresses::default(); 24];
+    for (group, counts) in groups_by(Grouping::Hour)? {
+        if let Group::Hour(hour) = group {
+            if let Some(slot) = presses_per_hour.get_mut(usize::from(hour)) {
+                *slot = HourPresses {
+                    counted: counts.presses.saturating_sub(counts.suppressed),
+                    suppressed: counts.suppressed,
+                };
+            }
+        }
+    }
+    let span = match (iel_per_day.first(), iel_per_day.last()) {
+        (Some((first, _)), Some((last, _))) if first == last => {
+            first.format("%Y-%m-%d").to_string()
+        }
+        (Some((first, _)), Some((last, _))) => {
+            format!(
+                "{} to {}",
+                first.format("%Y-%m-%d"),
+                last.format("%Y-%m-%d")
+            )
+        }
+        _ => "No presses".to_string(),
+    };
+    let total = &report.total;
+    Ok(ChartData {
+        title: format!(
+            "{span}: {} presses, IEL {}, NPS {}",
+            total.presses,
+            index_text(total.iel()),
+            index_text(total.nps())
+        ),
+        iel_per_day,
+        presses_per_hour,
+    })
+}
+
+/// An index rounded to one decimal, as every format shows it (never −0.0).
+fn one_decimal(index: f64) -> f64 {
+    (index * 10.0).round() / 10.0 + 0.0
+}
+
+/// An index for people: one decimal, or `-` when it is undefined.
+fn index_text(index: Option<f64>) -> String {
+    index.map_or_else(
+        || "-".to_string(),
+        |index| format!("{:.1}", one_decimal(index)),
+    )
+}
+
+/// Which presses the report covers, the range in this machine's local time.
+fn range_heading(range: &TimeRange) -> String {
+    let local = |at: DateTime<Utc>| {
+        at.with_timezone(&Local)
+            .format("%Y-%m-%d %H:%M")
+            .to_string()
+    };
+    match (range.since, range.until) {
+        (Some(since), Some(until)) => {
+            format!("Presses from {} until {}", local(since), local(until))
+        }
+        (Some(since), None) => format!("Presses from {}", local(since)),
+        (None, Some(until)) => format!("Presses until {}", local(until)),
+        (None, None) => "All stored presses".to_string(),
+    }
+}
+
+fn write_table(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
+    let counts_cells = |counts: &Counts| {
+        [
+            counts.presses,
+            counts.suppressed,
+            counts.yes,
+            counts.neutral,
+            counts.no,
+            counts.other,
+            counts.scores,
+        ]
+        .into_iter()
+        .map(|count| count.to_string())
+        .chain([index_text(counts.iel()), index_text(counts.nps())])
+    };
+    let rows: Vec<Vec<String>> = report
+        .groups
+        .iter()
+        .map(|(group, counts)| {
+            std::iter::once(group.label().unwrap_or_else(|| "-".into()))
+                .chain(counts_cells(counts))
+                .collect()
+        })
+        .chain(std::iter::once(
+            std::iter::once("total".to_string())
+                .chain(counts_cells(&report.total))
+                .collect(),
+        ))
+        .collect();
+    let group_header = report.by.name().to_uppercase();
+    writeln!(
+        out,
+        "{}, by {} (days and hours in the shop's local time)\n",
+        range_heading(&report.range),
+        report.by.name()
+    )?;
+    write!(
+        out,
+        "{}",
+        aligned_table(
+            &[
+                &group_header,
+                "PRESSES",
+                "SUPPRESSED",
+                "YES",
+                "NEUTRAL",
+                "NO",
+                "OTHER",
+                "SCORES",
+                "IEL",
+                "NPS"
+            ],
+            &rows
+        )
+    )?;
+    writeln!(
+        out,
+        "\nIEL = 100 × (yes − no) / (yes + neutral + no); NPS = 100 × (scores 9-10 − scores 0-6) / scores.\n\
+         Suppressed presses (anti-spam) are in no other column and in neither index; \
+         OTHER: unmapped keys and other answers; -: nothing to compute from."
+    )?;
+    Ok(())
+}
+
+/// The numbers of a group as JSON and CSV write them.
+#[derive(Serialize)]
+struct Numbers {
+    presses: u64,
+    suppressed: u64,
+    yes: u64,
+    neutral: u64,
+    no: u64,
+    other: u64,
+    scores: u64,
+    promoters: u64,
+    detractors: u64,
+    iel: Option<f64>,
+    nps: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct JsonReport {
+    range: JsonRange,
+    by: &'static str,
+    groups: Vec<JsonGroup>,
+    total: Numbers,
+}
+
+#[derive(Serialize)]
+struct JsonRange {
+    since: Option<String>,
+    until: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JsonGroup {
+    group: Option<String>,
+    #[serde(flatten)]
+    numbers: Numbers,
+}
+
+impl From<&Counts> for Numbers {
+    fn from(counts: &Counts) -> Numbers {
+        Numbers {
+            presses: counts.presses,
+            suppressed: counts.suppressed,
+            yes: counts.yes,
+            neutral: counts.neutral,
+            no: counts.no,
+            other: counts.other,
+            scores: counts.scores,
+            promoters: counts.promoters,
+            detractors: counts.detractors,
+            iel: counts.iel().map(one_decimal),
+            nps: counts.nps().map(one_decimal),
+        }
+    }
+}
+
+fn report_json(report: &Report) -> JsonReport {
+    JsonReport {
+        range: JsonRange {
+            since: report.range.since.map(format_timestamp),
+            until: report.range.until.map(format_timestamp),
+        },
+        by: report.by.name(),
+        groups: report
+            .groups
+            .iter()
+            .map(|(group, counts)| JsonGroup {
+                group: group.label(),
+                numbers: Numbers::from(counts),
+            })
+            .collect(),
+        total: Numbers::from(&report.total),
+    }
+}
+
+/// One line per group and a last `total` line; an undefined index is an
+/// empty field.
+fn write_csv(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record([
+        report.by.name(),
+        "presses",
+        "suppressed",
+        "yes",
+        "neutral",
+        "no",
+        "other",
+        "scores",
+        "promoters",
+        "detractors",
+        "iel",
+        "nps",
+    ])?;
+    let lines = report
+        .groups
+        .iter()
+        .map(|(group, counts)| (group.label().unwrap_or_default(), counts))
+        .chain(std::iter::once(("total".to_string(), &report.total)));
+    for (label, counts) in lines {
+        let index = |index: Option<f64>| {
+            index.map_or_else(String::new, |index| format!("{:.1}", one_decimal(index)))
+        };
+        let mut record = vec![label];
+        record.extend(
+            [
+                counts.presses,
+                counts.suppressed,
+                counts.yes,
+                counts.neutral,
+                counts.no,
+                counts.other,
+                counts.scores,
+                counts.promoters,
+                counts.detractors,
+            ]
+            .iter()
+            .map(u64::to_string),
+        );
+        record.push(index(counts.iel()));
+        record.push(index(counts.nps()));
+        writer.write_record(&record)?;
+    }
+    writer.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::store::Store;
+
+    fn counts(yes: u64, neutral: u64, no: u64) -> Counts {
+        Counts {
+            yes,
+            neutral,
+            no,
+            ..Counts::default()
+        }
+    }
+
+    fn scores(promoters: u64, passives: u64, detractors: u64) -> Counts {
+        Counts {
+            scores: promoters + passives + detractors,
+            promoters,
+            detractors,
+            ..Counts::default()
+        }
+    }
+
+    fn check(counts: Counts, expected_iel: &str, expected_nps: &str) {
+        assert_eq!(
+            (index_text(counts.iel()), index_text(counts.nps())),
+            (expected_iel.to_string(), expected_nps.to_string()),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn the_indices_as_the_spec_defines_them() {
+        check(counts(5, 2, 1), "50.0", "-"); // 100 × (5 − 1) / 8
+        check(counts(0, 0, 3), "-100.0", "-");
+        check(counts(3, 0, 0), "100.0", "-");
+        check(counts(0, 4, 0), "0.0", "-");
+        check(counts(1, 1, 1), "0.0", "-");
+        check(counts(2, 0, 1), "33.3", "-"); // 100 / 3
+        check(counts(1, 0, 2), "-33.3", "-");
+        check(Counts::default(), "-", "-");
+        check(scores(2, 1, 1), "-", "25.0"); // 100 × (2 − 1) / 4
+        check(scores(0, 3, 0), "-", "0.0");
+        check(scores(0, 1, 2), "-", "-66.7"); // 100 × −2 / 3
+                                              // 1 in 16: 6.25 rounds half away from zero.
+        check(scores(1, 15, 0), "-", "6.3");
+    }
+
+    #[test]
+    fn a_tiny_negative_index_is_shown_as_zero_not_minus_zero() {
+        // 100 × (1000 − 1001) / 2001 = −0.04997…
+        assert_eq!(index_text(counts(1000, 0, 1001).iel()), "0.0");
+        assert_eq!(one_decimal(-0.04).to_string(), "0");
+    }
+
+    fn store_with(presses: &[(&str, i32, &str, Option<&str>, bool)]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open_writer(dir.path()).expect("store");
+        for (index, (ts, tz_offset_min, device, answer, suppressed)) in presses.iter().enumerate() {
+            let at = DateTime::parse_from_rfc3339(ts).expect("test time");
+            store
+                .connection()
+                .execute(
+                    "INSERT INTO events (id, type, ts, ts_ms, tz_offset_min, device, model, unit,
+                                         key, answer, question, seq, suppressed)
+                     VALUES (?1, 'press', ?2, ?3, ?4, ?5, 'prolan-501', '301A0001', 1, ?6,
+                             NULL, ?7, ?8)",
+                    rusqlite::params![
+                        format!("event-{index}"),
+                        ts,
+                        at.timestamp_millis(),
+                        tz_offset_min,
+                        device,
+                        answer,
+                        index,
+                        suppressed
+                    ],
+                )
+                .expect("insert");
+        }
+        (dir, store)
+    }
+
+    fn labels(report: &Report) -> Vec<(Option<String>, u64)> {
+        report
+            .groups
+            .iter()
+            .map(|(group, counts)| (group.label(), counts.presses))
+            .collect()
+    }
+
+    #[test]
+    fn days_and_hours_are_the_shops_local_time() {
+        let (_dir, store) = store_with(&[
+            // 00:40 on the 2nd in Moscow (UTC+3), still the 1st in UTC.
+            ("2026-11-01T21:40:00Z", 180, "entrance", Some("yes"), false),
+            // 23:10 on the 1st in New York (UTC−5), the 2nd in UTC.
+            ("2026-11-02T04:10:00Z", -300, "entrance", Some("no"), false),
+            ("2026-11-02T09:00:00Z", 180, "entrance", Some("no"), true),
+        ]);
+        let by_day =
+            Report::query(store.connection(), TimeRange::default(), Grouping::Day).expect("day");
+        assert_eq!(
+            labels(&by_day),
+            [
+                (Some("2026-11-01".into()), 1),
+                (Some("2026-11-02".into()), 2)
+            ]
+        );
+        let by_hour =
+            Report::query(store.connection(), TimeRange::default(), Grouping::Hour).expect("hour");
+        assert_eq!(
+            labels(&by_hour),
+            [
+                (Some("00:00".into()), 1),
+                (Some("12:00".into()), 1),
+                (Some("23:00".into()), 1)
+            ]
+        );
+        assert_eq!(by_hour.total, by_day.total);
+        assert_eq!(
+            by_day.total,
+            Counts {
+                presses: 3,
+                suppressed: 1,
+                yes: 1,
+                no: 1,
+                ..Counts::default()
+            }
+        );
+    }
+
+    #[test]
+    fn the_range_is_half_open_and_a_missing_question_is_its_own_group() {
+        let (_dir, store) = store_with(&[
+            ("2026-11-02T09:00:00Z", 180, "entrance", Some("yes"), false),
+            ("2026-11-02T10:00:00Z", 180, "entrance", None, false),
+            ("2026-11-02T11:00:00Z", 180, "entrance", Some("9"), false),
+        ]);
+        let range = TimeRange {
+            since: Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).single(),
+            until: Utc.with_ymd_and_hms(2026, 11, 2, 11, 0, 0).single(),
+        };
+        let report = Report::query(store.connection(), range, Grouping::Question).expect("query");
+        assert_eq!(labels(&report), [(None, 2)]);
+        assert_eq!((report.total.yes, report.total.other), (1, 1));
+    }
+
+    #[test]
+    fn a_range_is_read_through_the_time_index() {
+        let (_dir, store) = store_with(&[]);
+        let range = TimeRange {
+            since: Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).single(),
+            until: None,
+        };
+        for by in [
+            Grouping::Day,
+            Grouping::Hour,
+            Grouping::Device,
+            Grouping::Question,
+            Grouping::Unit,
+        ] {
+            let (sql, bounds) = aggregate_sql(by, &range);
+            let mut statement = store
+                .connection()
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("explain");
+            let plan: Vec<String> = statement
+                .query_map(rusqlite::params_from_iter(bounds), |row| row.get(3))
+                .expect("plan")
+                .collect::<Result<_, _>>()
+                .expect("plan rows");
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains("USING INDEX events_by_time (ts_ms>?)")),
+                "{by:?}: {plan:?}"
+            );
+        }
+    }
 }
