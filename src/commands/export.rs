@@ -23,10 +23,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use chrono::{DateTime, Local};
-use serde::Serialize;
 
 use crate::config::Settings;
-use crate::event::Event;
+use crate::event::{CsvLine, Event, LineBreaks, NdjsonLine, CSV_HEADER, UTF8_BOM};
 use crate::sink::AgentInfo;
 use crate::store::Store;
 
@@ -87,7 +86,7 @@ pub fn run(settings: &Settings, args: &Args, out: &mut dyn Write) -> anyhow::Res
     let mut written = 0;
     let result = write_atomically(path, |file| {
         if format == Format::Csv {
-            file.write_all(BOM)?;
+            file.write_all(UTF8_BOM)?;
         }
         written = write_events(&store, &selection, format, &agent, file, progress.as_ref())?;
         Ok(())
@@ -117,29 +116,6 @@ const CHUNK: usize = 1_000;
 /// shows its progress.
 const PROGRESS_ABOVE: u64 = 10_000;
 
-/// The columns of a csv export: the file sink's.
-const CSV_COLUMNS: [&str; 16] = [
-    "id",
-    "type",
-    "ts",
-    "tz_offset_min",
-    "device",
-    "model",
-    "unit",
-    "key",
-    "answer",
-    "question",
-    "seq",
-    "rssi",
-    "battery",
-    "suppressed",
-    "agent_id",
-    "location",
-];
-
-/// UTF-8 byte order mark: tells Excel the csv is UTF-8.
-const BOM: &[u8] = b"\xEF\xBB\xBF";
-
 /// The events of a time range: how many, and the seqnos they lie between
 /// (the events in between that are outside the range, after a clock change,
 /// are left out as they are read).
@@ -150,42 +126,11 @@ struct Selection {
     last_seqno: i64,
 }
 
-/// A csv line, in [`CSV_COLUMNS`]' order. (The file sink's own row type is
-/// private to it; this is the same shape.)
-#[derive(Serialize)]
-struct CsvRow<'a> {
-    id: &'a str,
-    event_type: &'a str,
-    ts: &'a str,
-    tz_offset_min: i32,
-    device: &'a str,
-    model: &'a str,
-    unit: &'a str,
-    key: u8,
-    answer: Option<&'a str>,
-    question: Option<&'a str>,
-    seq: u16,
-    rssi: Option<i8>,
-    battery: Option<u8>,
-    suppressed: bool,
-    agent_id: &'a str,
-    location: Option<&'a str>,
-}
-
 /// Where the lines go, in their format.
 enum Lines<'a> {
     // Boxed: the csv writer carries its buffer inline.
     Csv(Box<csv::Writer<&'a mut dyn Write>>),
     Ndjson(&'a mut dyn Write),
-}
-
-/// An ndjson line: the event plus who sent it.
-#[derive(Serialize)]
-struct NdjsonRow<'a> {
-    #[serde(flatten)]
-    event: &'a Event,
-    agent_id: &'a str,
-    location: Option<&'a str>,
 }
 
 impl Selection {
@@ -228,7 +173,7 @@ fn write_events(
             let mut csv = csv::WriterBuilder::new()
                 .has_headers(false)
                 .from_writer(out);
-            csv.write_record(CSV_COLUMNS)?;
+            csv.write_record(CSV_HEADER.split(','))?;
             Lines::Csv(Box::new(csv))
         }
         Format::Ndjson => Lines::Ndjson(out),
@@ -245,26 +190,14 @@ fn write_events(
             }
             let event = &stored.event;
             match &mut lines {
-                Lines::Csv(csv) => csv.serialize(CsvRow {
-                    id: &event.id,
-                    event_type: &event.event_type,
-                    ts: &event.ts,
-                    tz_offset_min: event.tz_offset_min,
-                    device: &event.device,
-                    model: &event.model,
-                    unit: &event.unit,
-                    key: event.key,
-                    answer: event.answer.as_deref(),
-                    question: event.question.as_deref(),
-                    seq: event.seq,
-                    rssi: event.rssi,
-                    battery: event.battery,
-                    suppressed: event.suppressed,
-                    agent_id: &agent.id,
-                    location: agent.location.as_deref(),
-                })?,
+                Lines::Csv(csv) => csv.serialize(CsvLine::new(
+                    event,
+                    &agent.id,
+                    agent.location.as_deref(),
+                    LineBreaks::Keep,
+                ))?,
                 Lines::Ndjson(out) => {
-                    let row = NdjsonRow {
+                    let row = NdjsonLine {
                         event,
                         agent_id: &agent.id,
                         location: agent.location.as_deref(),

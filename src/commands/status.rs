@@ -374,7 +374,7 @@ fn read_in_transaction(
         pruned_by_size,
     };
 
-    problems.sort_by(|a, b| b.0.cmp(&a.0));
+    problems.sort_by_key(|(health, _)| std::cmp::Reverse(*health));
     let health = problems.first().map_or(Health::Ok, |(health, _)| *health);
     Ok(Status {
         health,
@@ -616,7 +616,7 @@ fn time_ago(at: &str, now: DateTime<Utc>) -> String {
 fn human_bytes(bytes: u64) -> String {
     match bytes {
         ..10_240 => format!("{bytes} B"),
-        ..10_485_760 => format!("{} KB", bytes / 1024),
+        10_240..10_485_760 => format!("{} KB", bytes / 1024),
         _ => format!("{} MB", bytes / (1024 * 1024)),
     }
 }
@@ -646,7 +646,12 @@ fn process_exists(_pid: u32) -> bool {
 #[cfg(unix)]
 fn free_disk_bytes(path: &Path) -> Option<u64> {
     let stats = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(u64::from(stats.blocks_available()).saturating_mul(stats.fragment_size()))
+    // The field types differ between Unix flavours (u64 on Linux).
+    #[allow(clippy::useless_conversion)]
+    let available = u64::from(stats.blocks_available());
+    #[allow(clippy::useless_conversion)]
+    let fragment = u64::from(stats.fragment_size());
+    Some(available.saturating_mul(fragment))
 }
 
 #[cfg(not(unix))]

@@ -32,19 +32,18 @@
 //! a time (a mutex), so a cancelled delivery still finishes or undoes its
 //! write before the next attempt looks at the files.
 
-use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, NaiveDate, TimeDelta};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::policy::Outcome;
 use super::{AgentInfo, SinkError};
 use crate::config::{FileFormat, FileSinkSettings};
-use crate::event::Event;
+use crate::event::{CsvLine, Event, LineBreaks, NdjsonLine, CSV_HEADER, UTF8_BOM};
 use crate::store::StoredEvent;
 
 /// Appends batches to one file per local day in a folder.
@@ -54,13 +53,6 @@ pub struct FileSink {
     agent: AgentInfo,
     files: Arc<Mutex<DayFiles>>,
 }
-
-/// The first line of a csv file, after the byte order mark.
-const CSV_HEADER: &str =
-    "id,type,ts,tz_offset_min,device,model,unit,key,answer,question,seq,rssi,battery,suppressed,agent_id,location\n";
-
-/// UTF-8 byte order mark: tells Excel the csv is UTF-8.
-const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Every file name of the sink starts with this, then `YYYY-MM-DD.<ext>`.
 const FILE_PREFIX: &str = "epm-agent-";
@@ -165,37 +157,6 @@ enum LastLine {
     Unreadable,
 }
 
-/// The columns of a csv line, in [`CSV_HEADER`]'s order.
-#[derive(Serialize)]
-struct CsvLine<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    event_type: Cow<'a, str>,
-    ts: &'a str,
-    tz_offset_min: i32,
-    device: Cow<'a, str>,
-    model: Cow<'a, str>,
-    unit: Cow<'a, str>,
-    key: u8,
-    answer: Option<Cow<'a, str>>,
-    question: Option<Cow<'a, str>>,
-    seq: u16,
-    rssi: Option<i8>,
-    battery: Option<u8>,
-    suppressed: bool,
-    agent_id: Cow<'a, str>,
-    location: Option<Cow<'a, str>>,
-}
-
-/// An ndjson line: the event plus who sent it.
-#[derive(Serialize)]
-struct NdjsonLine<'a> {
-    #[serde(flatten)]
-    event: &'a Event,
-    agent_id: &'a str,
-    location: Option<&'a str>,
-}
-
 /// The one field read back from an ndjson line.
 #[derive(Deserialize)]
 struct NdjsonId {
@@ -261,8 +222,9 @@ impl DayFiles {
         let starts_file = length_before == 0;
         let mut bytes = Vec::new();
         if starts_file && self.format == FileFormat::Csv {
-            bytes.extend_from_slice(BOM);
+            bytes.extend_from_slice(UTF8_BOM);
             bytes.extend_from_slice(CSV_HEADER.as_bytes());
+            bytes.push(b'\n');
         }
         for line in run {
             bytes.extend_from_slice(&line.bytes);
@@ -410,8 +372,13 @@ fn format_lines(
                 // One writer for the batch (it buffers); each line is the
                 // slice its record added.
                 let start = csv.get_ref().len();
-                csv.serialize(csv_line(event, agent))
-                    .map_err(|error| describe(&error))?;
+                csv.serialize(CsvLine::new(
+                    event,
+                    &agent.id,
+                    agent.location.as_deref(),
+                    LineBreaks::AsSpaces,
+                ))
+                .map_err(|error| describe(&error))?;
                 csv.flush().map_err(|error| describe(&error))?;
                 csv.get_ref()[start..].to_vec()
             }
@@ -433,36 +400,6 @@ fn format_lines(
         });
     }
     Ok(lines)
-}
-
-fn csv_line<'a>(event: &'a Event, agent: &'a AgentInfo) -> CsvLine<'a> {
-    CsvLine {
-        id: &event.id,
-        event_type: one_line(&event.event_type),
-        ts: &event.ts,
-        tz_offset_min: event.tz_offset_min,
-        device: one_line(&event.device),
-        model: one_line(&event.model),
-        unit: one_line(&event.unit),
-        key: event.key,
-        answer: event.answer.as_deref().map(one_line),
-        question: event.question.as_deref().map(one_line),
-        seq: event.seq,
-        rssi: event.rssi,
-        battery: event.battery,
-        suppressed: event.suppressed,
-        agent_id: one_line(&agent.id),
-        location: agent.location.as_deref().map(one_line),
-    }
-}
-
-/// The text with CR and LF as spaces: one csv record, one line.
-fn one_line(text: &str) -> Cow<'_, str> {
-    if text.contains(['\r', '\n']) {
-        Cow::Owned(text.replace(['\r', '\n'], " "))
-    } else {
-        Cow::Borrowed(text)
-    }
 }
 
 /// The shop's day of the event: its UTC time plus its own UTC offset.
@@ -530,7 +467,7 @@ fn last_line(format: FileFormat, complete: &[u8], at_file_start: bool) -> LastLi
     };
     let line = match body.iter().rposition(|&byte| byte == b'\n') {
         Some(index) => &body[index + 1..],
-        None if at_file_start => body.strip_prefix(BOM).unwrap_or(body),
+        None if at_file_start => body.strip_prefix(UTF8_BOM).unwrap_or(body),
         None => return LastLine::Unreadable, // longer than the tail we read
     };
     match format {
@@ -675,7 +612,14 @@ mod tests {
         };
         let event = event("2026-11-22T10:15:03.214Z", 180);
         let mut writer = csv::Writer::from_writer(Vec::new());
-        assert!(writer.serialize(csv_line(&event, &agent)).is_ok());
+        assert!(writer
+            .serialize(CsvLine::new(
+                &event,
+                &agent.id,
+                agent.location.as_deref(),
+                LineBreaks::AsSpaces
+            ))
+            .is_ok());
         let written = writer
             .into_inner()
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
@@ -683,13 +627,25 @@ mod tests {
             .as_deref()
             .ok()
             .and_then(|text| text.split_inclusive('\n').next());
-        assert_eq!(header, Some(CSV_HEADER));
+        assert_eq!(header, Some(format!("{CSV_HEADER}\n").as_str()));
     }
 
     #[test]
     fn a_line_break_in_a_csv_field_becomes_a_space() {
-        assert_eq!(one_line("yes"), "yes");
-        assert_eq!(one_line("да,\r\nнет\n"), "да,  нет ");
+        let mut event = event("2026-11-22T10:15:03.214Z", 180);
+        event.question = Some("да,\r\nнет\n".into());
+        let mut writer = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::new());
+        assert!(writer
+            .serialize(CsvLine::new(&event, "shop", None, LineBreaks::AsSpaces))
+            .is_ok());
+        let written = writer
+            .into_inner()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+        assert!(written
+            .as_deref()
+            .is_ok_and(|line| line.contains("\"да,  нет \"") && line.matches('\n').count() == 1));
     }
 
     #[test]
@@ -729,7 +685,7 @@ mod tests {
                     String::from_utf8_lossy(complete)
                 );
             };
-        let header = [BOM, CSV_HEADER.as_bytes()].concat();
+        let header = [UTF8_BOM, CSV_HEADER.as_bytes(), b"\n"].concat();
         let id = |text: &str| LastLine::Event(text.to_string());
         check(FileFormat::Csv, b"", true, LastLine::NoEvent);
         check(FileFormat::Csv, &header, true, LastLine::NoEvent);

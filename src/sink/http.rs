@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::policy::Outcome;
 use super::{AgentInfo, SinkError};
 use crate::config::{HttpFormat, HttpSinkSettings, TokenSource};
-use crate::event::{format_timestamp, Event};
+use crate::event::{format_timestamp, Event, NdjsonLine};
 use crate::store::StoredEvent;
 
 /// The batch object of the `json` format.
@@ -36,15 +36,6 @@ struct AgentBody<'a> {
     id: &'a str,
     location: Option<&'a str>,
     version: &'a str,
-}
-
-/// One line of the `ndjson` format: the event plus who sent it.
-#[derive(Serialize)]
-struct NdjsonLine<'a> {
-    #[serde(flatten)]
-    event: &'a Event,
-    agent_id: &'a str,
-    location: Option<&'a str>,
 }
 
 pub struct HttpSink {
