@@ -160,7 +160,7 @@ fn main() -> ExitCode {
             };
             match commands::status::run(&settings, &args, &mut std::io::stdout().lock()) {
                 Ok(code) => ExitCode::from(code),
-                Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+                Err(error) if commands::is_broken_pipe(&error) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("epm-agent: {error:#}");
                     ExitCode::from(EXIT_UNKNOWN)
@@ -249,19 +249,12 @@ fn command_result(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // `epm-agent report | head`: the reader has all it wants.
-        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) if commands::is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("epm-agent: {error:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
-        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn config_failure(error: &ConfigError) -> ExitCode {

@@ -68,13 +68,17 @@ pub fn open_serial(path: &str, baud: u32) -> Result<tokio_serial::SerialStream, 
         .open_native_async()
         .map_err(|error| PortError::Open {
             path: path.to_string(),
-            hint: open_hint(&error),
+            hint: open_hint(&error, std::path::Path::new(path).exists()),
             message: error.description,
         })
 }
 
-fn open_hint(error: &tokio_serial::Error) -> &'static str {
+fn open_hint(error: &tokio_serial::Error, path_exists: bool) -> &'static str {
     match error.kind {
+        // serialport reports a port held by someone else as "no device".
+        tokio_serial::ErrorKind::NoDevice if path_exists => {
+            " (is another program using it, such as a running agent?)"
+        }
         tokio_serial::ErrorKind::NoDevice
         | tokio_serial::ErrorKind::Io(std::io::ErrorKind::NotFound) => {
             " (is the device plugged in? on Linux `ls -l /dev/serial/by-id/` lists USB serial ports)"

@@ -199,7 +199,7 @@ fn a_port_another_program_holds_is_skipped_and_not_written_to() {
     assert!(
         // Root gets past TIOCEXCL, not past the lock: either way it is busy.
         row(&text, &path_of(&keypad)).contains("not asked: ")
-            && text.contains("(is another program using it, such as the running agent?)"),
+            && text.contains("(is another program using it, such as a running agent?)"),
         "{text}"
     );
     assert!(text.contains("no ProLAN device answered"), "{text}");

@@ -23,7 +23,7 @@ use crate::port::{self, FramedLink, Link, PortError, PortInfo, UsbInfo};
 use crate::protocol::{AnyCodec, Identity};
 
 use super::aligned_table;
-use super::tail::stdout_wants_colour;
+use super::stdout_wants_colour;
 
 /// The command's options.
 #[derive(clap::Args, Debug)]
@@ -267,13 +267,6 @@ async fn probe_port(path: &str) -> Probe {
         let stream = match port::open_serial(path, model.default_baud()) {
             Ok(stream) => stream,
             Err(PortError::Open { message, hint, .. }) => {
-                // A port that is there but locked by its user comes back as
-                // "no device"; its hint would say to plug it in.
-                let hint = if hint.contains("plugged in") && Path::new(path).exists() {
-                    " (is another program using it, such as the running agent?)"
-                } else {
-                    hint
-                };
                 return Probe::CannotOpen(format!("{message}{hint}"));
             }
             Err(error) => return Probe::CannotOpen(error.to_string()),

@@ -29,8 +29,8 @@ use crate::event::{CsvLine, Event, LineBreaks, NdjsonLine, CSV_HEADER, UTF8_BOM}
 use crate::sink::AgentInfo;
 use crate::store::Store;
 
+use super::is_broken_pipe;
 use super::open_store;
-use super::tail::is_broken_pipe;
 use super::time_range::TimeRange;
 
 /// The command's options.

@@ -13,6 +13,8 @@ pub mod time_range;
 
 use std::path::Path;
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 
 use crate::store::{Store, DATABASE_FILE};
@@ -40,6 +42,31 @@ fn ensure_store_exists(data_dir: &Path) -> anyhow::Result<()> {
                 path.display()
             )
         })
+}
+
+/// Whether stdout is a terminal that wants colour (`NO_COLOR` not set).
+pub fn stdout_wants_colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Whether `error` is a write to a closed pipe (`epm-agent tail | head`),
+/// however it is wrapped: a normal end of a command writing to stdout.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let kind = if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            Some(io.kind())
+        } else if let Some(json) = cause.downcast_ref::<serde_json::Error>() {
+            json.io_error_kind()
+        } else if let Some(csv) = cause.downcast_ref::<csv::Error>() {
+            match csv.kind() {
+                csv::ErrorKind::Io(io) => Some(io.kind()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Pads each column to its widest cell; the last column is not padded.
@@ -82,5 +109,17 @@ mod tests {
             ],
         );
         assert_eq!(table, "SINK    REASON\nотчёты  HTTP 422\nr       x\n");
+    }
+
+    #[test]
+    fn a_closed_pipe_is_recognised_through_the_error_chain() {
+        let closed = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&closed));
+        assert!(is_broken_pipe(&closed.context("writing")));
+        let json = serde_json::Error::io(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&anyhow::Error::from(json)));
+        let csv = csv::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&anyhow::Error::from(csv)));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("no store")));
     }
 }

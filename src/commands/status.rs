@@ -12,14 +12,14 @@
 //!   paused, the oldest undelivered press is older than 15 minutes, dead
 //!   letters exist, or undelivered events alone exceed `max_size_mb`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use super::{aligned_table, open_store};
+use super::{aligned_table, open_store, stdout_wants_colour};
 use crate::config::Settings;
 use crate::daemon::HEARTBEAT_INTERVAL;
 use crate::store::Store;
@@ -145,7 +145,7 @@ pub fn run(settings: &Settings, args: &Args, out: &mut dyn Write) -> anyhow::Res
         serde_json::to_writer_pretty(&mut *out, &status)?;
         writeln!(out)?;
     } else {
-        write_text(&status, Utc::now(), std::io::stdout().is_terminal(), out)?;
+        write_text(&status, Utc::now(), stdout_wants_colour(), out)?;
     }
     Ok(status.health.exit_code())
 }

@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::event::Event;
 use crate::store::{Store, StoredEvent, DATABASE_FILE};
 
-use super::open_store;
+use super::{is_broken_pipe, open_store, stdout_wants_colour};
 
 /// The command's options.
 #[derive(clap::Args, Debug)]
@@ -48,11 +48,6 @@ pub fn run(settings: &Settings, args: &Args, out: &mut dyn Write) -> anyhow::Res
         Err(error) if is_broken_pipe(&error) => Ok(()),
         other => other,
     }
-}
-
-/// Whether stdout is a terminal that wants colour (`NO_COLOR` not set).
-pub(crate) fn stdout_wants_colour() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// How often the store is asked for new events.
@@ -290,26 +285,6 @@ fn local_time(event: &Event) -> String {
     }
 }
 
-/// Whether `error` is a write to a closed pipe (`epm-agent tail | head`),
-/// however it is wrapped: a normal end of a command writing to stdout.
-pub(crate) fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        let kind = if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            Some(io.kind())
-        } else if let Some(json) = cause.downcast_ref::<serde_json::Error>() {
-            json.io_error_kind()
-        } else if let Some(csv) = cause.downcast_ref::<csv::Error>() {
-            match csv.kind() {
-                csv::ErrorKind::Io(io) => Some(io.kind()),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        kind == Some(std::io::ErrorKind::BrokenPipe)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,17 +362,5 @@ mod tests {
             0,
             "2026-11-22 13:15:03  entrance  301A0002  key  1   [2Jyes  первая вторая ",
         );
-    }
-
-    #[test]
-    fn a_closed_pipe_is_recognised_through_the_error_chain() {
-        let closed = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
-        assert!(is_broken_pipe(&closed));
-        assert!(is_broken_pipe(&closed.context("writing")));
-        let json = serde_json::Error::io(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
-        assert!(is_broken_pipe(&anyhow::Error::from(json)));
-        let csv = csv::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
-        assert!(is_broken_pipe(&anyhow::Error::from(csv)));
-        assert!(!is_broken_pipe(&anyhow::anyhow!("no store")));
     }
 }
