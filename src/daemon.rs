@@ -1,133 +1,144 @@
-//! `epm-agent run`: opens the store, restores each device's duplicate
-//! window and counters from it, starts the store writer, one driver task per
-//! device, one delivery task per sink and the daemon heartbeat, and on the stop signal lets every task
-//! finish and the writer commit what is queued before returning.
+//! `epm-agent run`: the supervisor. It opens the store, starts the store
+//! writer, one driver task per device (restored from the store), one
+//! delivery task per sink, housekeeping and the heartbeat, and tells the
+//! service manager (READY, STATUS, WATCHDOG).
+//!
+//! On a reload it reads the configuration again: an invalid file is logged
+//! and the running configuration stays; a valid one is applied by name —
+//! removed or changed devices and sinks are stopped (a stopping driver
+//! decodes what it has read, and its last state is committed), new or
+//! changed ones started from what the store says; unchanged ones keep
+//! running untouched, so their ports are never closed. On the stop signal
+//! every task finishes and the writer commits what is queued before this
+//! returns.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{self, DeviceSettings, Settings, SinkSettings, StoreSettings};
 use crate::driver::{self, Restored};
+use crate::notify;
 use crate::sink::{self, AgentInfo, Transport};
-use crate::store::{retention, writer, Store, WriterOptions};
+use crate::store::{retention, writer, Store, StoreError, StoreHandle, WriterOptions};
 
 /// How often the daemon tells the store it is alive (read by `status`).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the agent until `shutdown` is cancelled, with no reloads.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (_reload, reloads) = mpsc::unbounded_channel();
+    supervise(None, settings, shutdown, reloads).await
+}
 
 /// Runs the agent until `shutdown` is cancelled; each message on `reloads`
 /// asks it to read `config_path` again and apply what changed (SIGHUP on
 /// Linux, the service's param-change control on Windows).
 pub async fn serve(
-    config_path: std::path::PathBuf,
+    config_path: PathBuf,
     settings: Settings,
     shutdown: CancellationToken,
-    reloads: tokio::sync::mpsc::UnboundedReceiver<()>,
+    reloads: mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
-    let _ = (config_path, reloads);
-    run(settings, shutdown).await
+    supervise(Some(config_path), settings, shutdown, reloads).await
 }
 
-/// Runs the agent until `shutdown` is cancelled.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = Store::open_writer(&settings.agent.data_dir)?;
+/// A task the supervisor started, with what it was started from.
+struct Running<S> {
+    settings: S,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl<S> Running<S> {
+    /// Asks the task to stop; await the handle to know it has.
+    fn cancel(self) -> JoinHandle<()> {
+        self.stop.cancel();
+        self.task
+    }
+
+    /// Asks the task to stop and waits until it has.
+    async fn stop(self) {
+        let _ = self.cancel().await;
+    }
+}
+
+/// What the running tasks are, by name.
+struct Supervisor {
+    settings: Settings,
+    store: StoreHandle,
+    shutdown: CancellationToken,
+    /// A task that fails reports here (only a dead store makes one fail).
+    failures: mpsc::UnboundedSender<(String, StoreError)>,
+    devices: HashMap<String, Running<DeviceSettings>>,
+    sinks: HashMap<String, Running<(SinkSettings, AgentInfo)>>,
+    housekeeping: Option<Running<(StoreSettings, Vec<String>)>>,
+}
+
+async fn supervise(
+    config_path: Option<PathBuf>,
+    settings: Settings,
+    shutdown: CancellationToken,
+    mut reloads: mpsc::UnboundedReceiver<()>,
+) -> anyhow::Result<()> {
+    let data_dir = settings.agent.data_dir.clone();
+    let store = Store::open_writer(&data_dir)?;
     tracing::info!(
         agent = %settings.agent.id,
         store = %store.path().display(),
         devices = settings.devices.len(),
+        sinks = settings.sinks.len(),
         "epm-agent {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let mut restored = Vec::with_capacity(settings.devices.len());
-    for device in &settings.devices {
-        let window = chrono::Duration::from_std(device.model.duplicate_window())
-            .context("duplicate window out of range")?;
-        restored.push(Restored {
-            recent: store.recent_presses(&device.name, Utc::now() - window)?,
-            counters: store.device_counters(&device.name)?,
-        });
-    }
-    // Set up every sink before starting anything: a bad CA file or proxy
-    // is a configuration error, reported before the daemon runs.
-    let agent = AgentInfo::new(&settings.agent);
-    let mut transports = Vec::with_capacity(settings.sinks.len());
-    for sink in &settings.sinks {
-        transports.push(Transport::new(sink, agent.clone())?);
-    }
+    // Sinks are built before anything starts: a bad CA file or proxy is a
+    // configuration error, reported before the daemon runs.
+    let transports = build_transports(&settings, &HashMap::new())?;
     let (handle, writer_thread) = writer::spawn(store, WriterOptions::default())?;
     handle.daemon_started().await?;
 
-    let mut tasks = JoinSet::new();
-    for (device, restored) in settings.devices.iter().cloned().zip(restored) {
-        let name = device.name.clone();
-        let task = driver::run(device, handle.clone(), restored, shutdown.clone());
-        tasks.spawn(async move { (name, task.await) });
-    }
-    for (sink, transport) in settings.sinks.iter().cloned().zip(transports) {
-        let name = sink.name.clone();
-        let task = sink::run(
-            sink,
-            transport,
-            settings.agent.data_dir.clone(),
-            handle.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(async move { (name, task.await) });
-    }
-    {
-        let sinks = settings
-            .sinks
-            .iter()
-            .map(|sink| sink.name.clone())
-            .collect();
-        let task = retention::run(
-            settings.store.clone(),
-            sinks,
-            settings.agent.data_dir.clone(),
-            handle.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(async move { ("housekeeping".to_string(), task.await) });
-    }
-    let heartbeat_handle = handle.clone();
-    let heartbeat_stop = shutdown.clone();
-    let heartbeat = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = heartbeat_stop.cancelled() => return,
-                _ = interval.tick() => {
-                    if heartbeat_handle.daemon_alive().await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let (failures, mut failed) = mpsc::unbounded_channel();
+    let mut supervisor = Supervisor {
+        settings: empty_like(&settings),
+        store: handle.clone(),
+        shutdown: shutdown.clone(),
+        failures,
+        devices: HashMap::new(),
+        sinks: HashMap::new(),
+        housekeeping: None,
+    };
+    supervisor.apply(settings, transports).await?;
+    let heartbeat = tokio::spawn(heartbeat(handle.clone(), data_dir, shutdown.clone()));
+    notify::ready();
 
     let mut failure = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((_, Ok(()))) => {}
-            Ok((name, Err(error))) => {
-                tracing::error!(task = %name, "stopped: {error}");
-                failure.get_or_insert(anyhow::anyhow!("{name}: {error}"));
-                shutdown.cancel();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = reloads.recv() => {
+                if let Some(path) = &config_path {
+                    supervisor.reload(path).await;
+                }
             }
-            Err(error) => {
-                tracing::error!("a task panicked: {error}");
-                failure.get_or_insert(anyhow::anyhow!("a task panicked: {error}"));
-                shutdown.cancel();
+            Some((name, error)) = failed.recv() => {
+                tracing::error!(task = %name, "stopped: {error}");
+                failure = Some(anyhow::anyhow!("{name}: {error}"));
+                break;
             }
         }
     }
-    // With no devices configured there is nothing to join: wait for the stop.
-    shutdown.cancelled().await;
+    notify::stopping();
+    shutdown.cancel();
+    supervisor.stop_all().await;
     let _ = heartbeat.await;
     let stopped = handle.daemon_stopped().await;
+    drop(supervisor);
     drop(handle);
     // The writer commits everything queued, then ends when the last handle is gone.
     tokio::task::spawn_blocking(move || writer_thread.join())
@@ -140,6 +151,270 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// The settings with nothing running yet: the first `apply` starts all.
+fn empty_like(settings: &Settings) -> Settings {
+    Settings {
+        devices: Vec::new(),
+        sinks: Vec::new(),
+        ..settings.clone()
+    }
+}
+
+/// Builds the transports of the sinks that must (re)start: those that are
+/// new or changed (an agent id or location change changes every sink).
+fn build_transports(
+    settings: &Settings,
+    running: &HashMap<String, Running<(SinkSettings, AgentInfo)>>,
+) -> anyhow::Result<HashMap<String, Transport>> {
+    let agent = AgentInfo::new(&settings.agent);
+    let mut transports = HashMap::new();
+    for sink in &settings.sinks {
+        let unchanged = running
+            .get(&sink.name)
+            .is_some_and(|running| running.settings == (sink.clone(), agent.clone()));
+        if !unchanged {
+            transports.insert(sink.name.clone(), Transport::new(sink, agent.clone())?);
+        }
+    }
+    Ok(transports)
+}
+
+impl Supervisor {
+    /// Reads the configuration again and applies it; an unusable one is
+    /// logged and the running configuration stays.
+    async fn reload(&mut self, path: &Path) {
+        notify::reloading();
+        tracing::info!(config = %path.display(), "reloading the configuration");
+        let result = match config::load(path) {
+            Ok(settings) => match build_transports(&settings, &self.sinks) {
+                Ok(transports) => self.apply(settings, transports).await,
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error.into()),
+        };
+        match result {
+            Ok(()) => notify::status("configuration reloaded"),
+            Err(error) => {
+                tracing::error!(
+                    "the new configuration is not used, the running one stays: {error:#}"
+                );
+                notify::status(&format!(
+                    "reload failed, running the previous configuration: {error:#}"
+                ));
+            }
+        }
+        notify::ready();
+    }
+
+    /// Brings the running tasks in line with `new`.
+    async fn apply(
+        &mut self,
+        mut new: Settings,
+        mut transports: HashMap<String, Transport>,
+    ) -> anyhow::Result<()> {
+        if new.agent.data_dir != self.settings.agent.data_dir {
+            tracing::warn!(
+                "data_dir changed to {}: it takes effect at the next start; the store stays {}",
+                new.agent.data_dir.display(),
+                self.settings.agent.data_dir.display()
+            );
+            new.agent.data_dir = self.settings.agent.data_dir.clone();
+        }
+        if new.log != self.settings.log && !self.devices.is_empty() {
+            tracing::warn!("[log] settings take effect at the next start");
+        }
+        let agent = AgentInfo::new(&new.agent);
+
+        // Stop first what goes away or changes, so a changed device's port
+        // is free and its last state committed before it starts again.
+        let mut stopping = Vec::new();
+        for device in self.devices.keys().cloned().collect::<Vec<_>>() {
+            let keep = new
+                .devices
+                .iter()
+                .any(|wanted| wanted.name == device && self.devices[&device].settings == *wanted);
+            if !keep {
+                if let Some(running) = self.devices.remove(&device) {
+                    tracing::info!(device = %device, "stopping (removed or changed)");
+                    stopping.push(running.cancel());
+                }
+            }
+        }
+        for name in self.sinks.keys().cloned().collect::<Vec<_>>() {
+            if !new.sinks.iter().any(|sink| sink.name == name) || transports.contains_key(&name) {
+                if let Some(running) = self.sinks.remove(&name) {
+                    tracing::info!(sink = %name, "stopping (removed or changed)");
+                    stopping.push(running.cancel());
+                }
+            }
+        }
+        futures_util::future::join_all(stopping).await;
+        self.store.flush().await?;
+
+        let reader = Store::open_reader(&new.agent.data_dir)?;
+        for device in &new.devices {
+            if self.devices.contains_key(&device.name) {
+                continue;
+            }
+            let window = chrono::Duration::from_std(device.model.duplicate_window())
+                .context("duplicate window out of range")?;
+            let restored = Restored {
+                recent: reader.recent_presses(&device.name, Utc::now() - window)?,
+                counters: reader.device_counters(&device.name)?,
+            };
+            let stop = self.shutdown.child_token();
+            let task = driver::run(device.clone(), self.store.clone(), restored, stop.clone());
+            self.devices.insert(
+                device.name.clone(),
+                Running {
+                    settings: device.clone(),
+                    task: self.spawn(format!("device {}", device.name), task),
+                    stop,
+                },
+            );
+        }
+        for sink in &new.sinks {
+            let Some(transport) = transports.remove(&sink.name) else {
+                continue; // unchanged and running
+            };
+            let stop = self.shutdown.child_token();
+            let task = sink::run(
+                sink.clone(),
+                transport,
+                new.agent.data_dir.clone(),
+                self.store.clone(),
+                stop.clone(),
+            );
+            self.sinks.insert(
+                sink.name.clone(),
+                Running {
+                    settings: (sink.clone(), agent.clone()),
+                    task: self.spawn(format!("sink {}", sink.name), task),
+                    stop,
+                },
+            );
+        }
+
+        let sink_names: Vec<String> = new.sinks.iter().map(|sink| sink.name.clone()).collect();
+        let housekeeping = (new.store.clone(), sink_names.clone());
+        if self
+            .housekeeping
+            .as_ref()
+            .is_none_or(|running| running.settings != housekeeping)
+        {
+            if let Some(running) = self.housekeeping.take() {
+                running.stop().await;
+            }
+            let stop = self.shutdown.child_token();
+            let task = retention::run(
+                new.store.clone(),
+                sink_names,
+                new.agent.data_dir.clone(),
+                self.store.clone(),
+                stop.clone(),
+            );
+            self.housekeeping = Some(Running {
+                settings: housekeeping,
+                task: self.spawn("housekeeping".into(), task),
+                stop,
+            });
+        }
+        tracing::info!(
+            devices = self.devices.len(),
+            sinks = self.sinks.len(),
+            "configuration applied"
+        );
+        self.settings = new;
+        Ok(())
+    }
+
+    fn spawn(
+        &self,
+        name: String,
+        task: impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+    ) -> JoinHandle<()> {
+        let failures = self.failures.clone();
+        tokio::spawn(async move {
+            if let Err(error) = task.await {
+                let _ = failures.send((name, error));
+            }
+        })
+    }
+
+    async fn stop_all(&mut self) {
+        let devices = self.devices.drain().map(|(_, running)| running.cancel());
+        let sinks = self.sinks.drain().map(|(_, running)| running.cancel());
+        futures_util::future::join_all(devices.chain(sinks).collect::<Vec<_>>()).await;
+        if let Some(running) = self.housekeeping.take() {
+            running.stop().await;
+        }
+    }
+}
+
+/// Every [`HEARTBEAT_INTERVAL`] (or half the watchdog timeout, if shorter):
+/// the daemon's heartbeat goes through the writer; only when that round
+/// trip completes is the service manager's watchdog reset, with a one-line
+/// status. A writer that cannot commit stops the pings, and systemd
+/// restarts the agent.
+async fn heartbeat(store: StoreHandle, data_dir: PathBuf, shutdown: CancellationToken) {
+    let period = notify::watchdog_timeout().map_or(HEARTBEAT_INTERVAL, |timeout| {
+        (timeout / 2).min(HEARTBEAT_INTERVAL)
+    });
+    let mut interval = tokio::time::interval(period);
+    let mut reader = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let alive = async {
+            store.daemon_alive().await?;
+            store.flush().await
+        };
+        let healthy = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = alive => result.is_ok(),
+        };
+        if !healthy {
+            tracing::error!("the store writer is gone; no more watchdog pings");
+            return;
+        }
+        notify::watchdog();
+        if reader.is_none() {
+            reader = Store::open_reader(&data_dir).ok();
+        }
+        if let Some(summary) = reader.as_ref().and_then(|reader| summary_line(reader).ok()) {
+            notify::status(&summary);
+        }
+    }
+}
+
+/// `2/2 devices connected, 1234 presses; sinks: reporter ok`.
+fn summary_line(store: &Store) -> Result<String, StoreError> {
+    let connection = store.connection();
+    let (devices, connected, presses): (i64, i64, i64) = connection.query_row(
+        "SELECT count(*), coalesce(sum(state = 'connected'), 0), coalesce(sum(presses), 0) FROM devices",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    let mut statement = connection.prepare_cached("SELECT name, state FROM sinks ORDER BY name")?;
+    let sinks: Vec<String> = statement
+        .query_map([], |row| {
+            Ok(format!(
+                "{} {}",
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut line = format!("{connected}/{devices} devices connected, {presses} presses");
+    if !sinks.is_empty() {
+        line.push_str("; sinks: ");
+        line.push_str(&sinks.join(", "));
+    }
+    Ok(line)
 }
 
 /// Resolves when the process is asked to stop: SIGINT or SIGTERM (Unix),
@@ -165,5 +440,28 @@ pub async fn stop_signal() {
         if tokio::signal::ctrl_c().await.is_ok() {
             tracing::info!("Ctrl-C: stopping");
         }
+    }
+}
+
+/// Sends on `reloads` at every SIGHUP (Unix); never on other systems.
+pub async fn forward_reload_signals(reloads: mpsc::UnboundedSender<()>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot install the SIGHUP handler; reload by restarting");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            if reloads.send(()).is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloads;
+        std::future::pending::<()>().await;
     }
 }

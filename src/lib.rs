@@ -9,11 +9,13 @@ pub mod daemon;
 pub mod demo;
 pub mod driver;
 pub mod event;
+pub mod notify;
 pub mod port;
 pub mod press_filter;
 pub mod protocol;
 #[cfg(unix)]
 pub mod pty;
+pub mod service;
 pub mod simulator;
 pub mod sink;
 pub mod store;

@@ -65,6 +65,11 @@ enum Command {
     Tail(commands::tail::Args),
     /// Write stored events to a file or stdout.
     Export(commands::export::Args),
+    /// The Windows service: install, uninstall, start, stop, status.
+    Service {
+        #[command(subcommand)]
+        action: epm_agent::service::ServiceAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -191,7 +196,7 @@ fn main() -> ExitCode {
                 Err(error) => return config_failure(&error),
             };
             init_logging(&settings);
-            match run(settings) {
+            match run(config_path, settings) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");
@@ -200,6 +205,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Service { action } => match epm_agent::service::run(&action, &config_path) {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                eprintln!("epm-agent: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo { duration_s, flaky } => {
             init_demo_logging();
             let options = DemoOptions {
@@ -217,7 +229,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(settings: Settings) -> anyhow::Result<()> {
+/// The daemon in the foreground: stops on SIGINT/SIGTERM, reloads
+/// `config_path` on SIGHUP.
+fn run(config_path: PathBuf, settings: Settings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -229,7 +243,9 @@ fn run(settings: Settings) -> anyhow::Result<()> {
             daemon::stop_signal().await;
             stop.cancel();
         });
-        daemon::run(settings, shutdown).await
+        let (reload, reloads) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(daemon::forward_reload_signals(reload));
+        daemon::serve(config_path, settings, shutdown, reloads).await
     })
 }
 
