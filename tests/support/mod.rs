@@ -371,6 +371,12 @@ impl Agent {
         }
     }
 
+    /// Sends `signal` (SIGHUP to reload the configuration).
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal)
+            .expect("cannot signal the agent");
+    }
+
     /// Fails the test if the agent has exited.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().expect("cannot poll the agent") {
