@@ -146,6 +146,15 @@ const MIGRATIONS: &[&str] = &[
         checked_at          TEXT
     );
     INSERT INTO store_state (singleton) VALUES (1);",
+    // 3: what went wrong and how the agent coped, for `status`.
+    "ALTER TABLE store_state ADD COLUMN recovered_at TEXT;
+    ALTER TABLE store_state ADD COLUMN damaged_file TEXT;
+    ALTER TABLE store_state ADD COLUMN salvaged_events INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE store_state ADD COLUMN write_failures_since TEXT;
+    ALTER TABLE store_state ADD COLUMN last_write_error TEXT;
+    ALTER TABLE store_state ADD COLUMN dropped_presses INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE daemon ADD COLUMN clock_jump_at TEXT;
+    ALTER TABLE daemon ADD COLUMN clock_jump_s INTEGER;",
 ];
 
 /// A connection to the store, for reading (or, inside the writer, writing).
