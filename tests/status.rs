@@ -265,6 +265,52 @@ fn each_warning_rule() {
 }
 
 #[test]
+fn faults_the_store_survived_are_reported() {
+    let prepared = Prepared::healthy(2, 0);
+    let now = format_timestamp(Utc::now());
+    prepared.sql(
+        "UPDATE store_state SET write_failures_since = ?1, last_write_error = 'database or disk is full'",
+        params![now],
+    );
+    check(
+        &prepared,
+        "critical",
+        2,
+        "the store cannot be written since",
+    );
+    prepared.sql("UPDATE store_state SET write_failures_since = NULL, last_write_error = NULL, dropped_presses = 7", []);
+    check(&prepared, "ok", 0, "");
+    let (_, status, text) = prepared.status();
+    assert_eq!(status["store"]["dropped_presses"], 7);
+    assert!(text.contains("7 presses dropped"), "{text}");
+
+    prepared.sql(
+        "UPDATE store_state SET recovered_at = ?1, damaged_file = '/var/lib/epm-agent/epm-agent.db.damaged-x', salvaged_events = 41",
+        params![now],
+    );
+    check(&prepared, "warning", 1, "41 events read back");
+    let long_ago = format_timestamp(Utc::now() - ChronoDuration::days(8));
+    prepared.sql(
+        "UPDATE store_state SET recovered_at = ?1",
+        params![long_ago],
+    );
+    check(&prepared, "ok", 0, "");
+
+    prepared.sql(
+        "UPDATE daemon SET clock_jump_at = ?1, clock_jump_s = -3600",
+        params![now],
+    );
+    check(
+        &prepared,
+        "warning",
+        1,
+        "the system clock jumped by -3600 s",
+    );
+    prepared.sql("UPDATE daemon SET clock_jump_at = ?1", params![long_ago]);
+    check(&prepared, "ok", 0, "");
+}
+
+#[test]
 fn an_undelivered_press_older_than_15_minutes_is_a_warning() {
     let fresh = Prepared::healthy(4, 10);
     fresh.sql("UPDATE sinks SET delivered_seqno = 2", []);

@@ -37,6 +37,10 @@ pub struct Args {
 const STALE_HEARTBEATS: u32 = 3;
 /// An undelivered press older than this is a warning.
 const UNDELIVERED_WARNING_MINUTES: i64 = 15;
+/// A recovered store is a warning for this long.
+const RECOVERY_WARNING_DAYS: i64 = 7;
+/// A clock jump is a warning for this long.
+const CLOCK_WARNING_HOURS: i64 = 24;
 /// Less free disk than this under the store is critical.
 const LOW_DISK_BYTES: u64 = 50 * 1024 * 1024;
 
@@ -78,6 +82,24 @@ pub struct DaemonStatus {
     pub started_at: Option<String>,
     pub heartbeat_at: Option<String>,
     pub stopped_at: Option<String>,
+    /// The last time the wall clock moved by more than a minute against
+    /// the monotonic clock, and by how much.
+    pub clock_jump_at: Option<String>,
+    pub clock_jump_s: Option<i64>,
+}
+
+/// The store's own record of what went wrong (`store_state`).
+#[derive(Debug, Default)]
+struct StoreState {
+    pruned_by_retention: u64,
+    pruned_by_size: u64,
+    over_cap_since: Option<String>,
+    write_failures_since: Option<String>,
+    last_write_error: Option<String>,
+    dropped_presses: u64,
+    recovered_at: Option<String>,
+    damaged_file: Option<String>,
+    salvaged_events: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +145,17 @@ pub struct StoreStatus {
     pub over_cap_since: Option<String>,
     pub pruned_by_retention: u64,
     pub pruned_by_size: u64,
+    /// Since when commits fail (disk full, I/O error), and the last error.
+    pub write_failures_since: Option<String>,
+    pub last_write_error: Option<String>,
+    /// Presses dropped because the store could not be written and the
+    /// memory backlog was full (cumulative, never reset).
+    pub dropped_presses: u64,
+    /// A damaged store found at start: when, where it was moved, and how
+    /// many events were read back from it.
+    pub recovered_at: Option<String>,
+    pub damaged_file: Option<String>,
+    pub salvaged_events: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -174,7 +207,8 @@ fn read_in_transaction(
 
     let daemon = connection
         .query_row(
-            "SELECT pid, version, started_at, heartbeat_at, stopped_at FROM daemon WHERE singleton = 1",
+            "SELECT pid, version, started_at, heartbeat_at, stopped_at, clock_jump_at, clock_jump_s
+             FROM daemon WHERE singleton = 1",
             [],
             |row| {
                 Ok(DaemonStatus {
@@ -184,6 +218,8 @@ fn read_in_transaction(
                     started_at: row.get(2)?,
                     heartbeat_at: row.get(3)?,
                     stopped_at: row.get(4)?,
+                    clock_jump_at: row.get(5)?,
+                    clock_jump_s: row.get(6)?,
                 })
             },
         )
@@ -338,14 +374,60 @@ fn read_in_transaction(
         }
     }
 
-    let (pruned_by_retention, pruned_by_size, over_cap_since) = connection
+    let state = connection
         .query_row(
-            "SELECT pruned_retention, pruned_size, over_cap_since FROM store_state WHERE singleton = 1",
+            "SELECT pruned_retention, pruned_size, over_cap_since, write_failures_since, last_write_error,
+                    dropped_presses, recovered_at, damaged_file, salvaged_events
+             FROM store_state WHERE singleton = 1",
             [],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| {
+                Ok(StoreState {
+                    pruned_by_retention: row.get(0)?,
+                    pruned_by_size: row.get(1)?,
+                    over_cap_since: row.get(2)?,
+                    write_failures_since: row.get(3)?,
+                    last_write_error: row.get(4)?,
+                    dropped_presses: row.get(5)?,
+                    recovered_at: row.get(6)?,
+                    damaged_file: row.get(7)?,
+                    salvaged_events: row.get(8)?,
+                })
+            },
         )
         .optional()?
-        .unwrap_or((0, 0, None));
+        .unwrap_or_default();
+    let over_cap_since = state.over_cap_since.clone();
+    if let Some(since) = &state.write_failures_since {
+        let error = state.last_write_error.as_deref().unwrap_or("unknown error");
+        problems.push((
+            Health::Critical,
+            format!("the store cannot be written since {since} ({error}); presses are held in memory until it can"),
+        ));
+    }
+    if let Some(at) = &state.recovered_at {
+        let recent = parse_time(at)
+            .is_some_and(|at| now - at < chrono::Duration::days(RECOVERY_WARNING_DAYS));
+        if recent {
+            problems.push((
+                Health::Warning,
+                format!(
+                    "the store was damaged and replaced at {at}: {} events read back, the damaged file is kept at {}",
+                    state.salvaged_events,
+                    state.damaged_file.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
+    }
+    if let (Some(at), Some(seconds)) = (&daemon.clock_jump_at, daemon.clock_jump_s) {
+        let recent = parse_time(at)
+            .is_some_and(|at| (now - at).abs() < chrono::Duration::hours(CLOCK_WARNING_HOURS));
+        if recent {
+            problems.push((
+                Health::Warning,
+                format!("the system clock jumped by {seconds:+} s at {at} (event times around then may be off)"),
+            ));
+        }
+    }
     if let Some(since) = &over_cap_since {
         problems.push((
             Health::Warning,
@@ -370,8 +452,14 @@ fn read_in_transaction(
         free_disk_bytes,
         oldest_undelivered_at: oldest_undelivered,
         over_cap_since,
-        pruned_by_retention,
-        pruned_by_size,
+        pruned_by_retention: state.pruned_by_retention,
+        pruned_by_size: state.pruned_by_size,
+        write_failures_since: state.write_failures_since,
+        last_write_error: state.last_write_error,
+        dropped_presses: state.dropped_presses,
+        recovered_at: state.recovered_at,
+        damaged_file: state.damaged_file,
+        salvaged_events: state.salvaged_events,
     };
 
     problems.sort_by_key(|(health, _)| std::cmp::Reverse(*health));
@@ -501,6 +589,13 @@ fn write_text(
             .map(|at| format!(", oldest undelivered {}", time_ago(at, now)))
             .unwrap_or_default()
     )?;
+    if store.dropped_presses > 0 {
+        writeln!(
+            out,
+            "         {} presses dropped while the store could not be written",
+            store.dropped_presses
+        )?;
+    }
     if !status.devices.is_empty() {
         writeln!(out, "\ndevices")?;
         let rows: Vec<Vec<String>> = status
