@@ -283,6 +283,31 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     parse(&text, &path)
 }
 
+/// What is valid but unwise about the file at `path` (shown by `config
+/// check`, logged by `run`): an inline token in a file other users can read.
+pub fn warnings(settings: &Settings, path: &Path) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let holds_token = settings.sinks.iter().any(|sink| {
+        matches!(&sink.kind, SinkKind::Http(http) if matches!(http.token, TokenSource::Inline(_)))
+    });
+    #[cfg(unix)]
+    if holds_token {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            if metadata.permissions().mode() & 0o004 != 0 {
+                warnings.push(format!(
+                    "{} holds a token and every user can read it: chmod 640 it (owner root, group of the service user), \
+                     or move the token to token_file",
+                    path.display()
+                ));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (holds_token, path);
+    warnings
+}
+
 /// Validates `text` as if read from `path` (used for error messages and to
 /// resolve a relative `data_dir`).
 pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {

@@ -65,7 +65,7 @@ enum Command {
     Tail(commands::tail::Args),
     /// Write stored events to a file or stdout.
     Export(commands::export::Args),
-    /// The Windows service: install, uninstall, start, stop, status.
+    /// The Windows service: install, uninstall, start, stop, reload, status.
     Service {
         #[command(subcommand)]
         action: epm_agent::service::ServiceAction,
@@ -110,6 +110,9 @@ fn main() -> ExitCode {
             action: ConfigAction::Check,
         } => match config::load(&config_path) {
             Ok(settings) => {
+                for warning in config::warnings(&settings, &config_path) {
+                    eprintln!("epm-agent: warning: {warning}");
+                }
                 // What can be checked without the network: CA files, proxy
                 // URLs, whether a token can be read here.
                 let agent = AgentInfo::new(&settings.agent);
@@ -196,6 +199,9 @@ fn main() -> ExitCode {
                 Err(error) => return config_failure(&error),
             };
             init_logging(&settings);
+            for warning in config::warnings(&settings, &config_path) {
+                tracing::warn!("{warning}");
+            }
             match run(config_path, settings) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

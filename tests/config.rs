@@ -376,3 +376,34 @@ fn config_check_refuses_a_ca_file_that_is_not_a_certificate_and_warns_about_an_u
     assert_eq!(output.status.code(), Some(0), "{all}");
     assert!(!all.contains("tok-3141592653"), "{all}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_file_with_an_inline_token_that_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("{AGENT}\n[[sink]]\nname = \"r\"\nkind = \"http\"\nurl = \"https://r.example/\"\ntoken = \"tok-2718281828\"\n"),
+    )
+    .expect("write");
+    let check = |mode: u32| {
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+            .args(["config", "check", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run epm-agent");
+        assert_eq!(output.status.code(), Some(0));
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!stderr.contains("tok-2718281828"), "{stderr}");
+        stderr
+    };
+    let stderr = check(0o644);
+    assert!(
+        stderr.contains("every user can read it") && stderr.contains("chmod 640"),
+        "{stderr}"
+    );
+    assert!(!check(0o640).contains("every user can read it"));
+}
