@@ -33,6 +33,18 @@ fn count(connection: &Connection, sql: &str) -> i64 {
     connection.query_row(sql, [], |row| row.get(0)).expect(sql)
 }
 
+/// Events stored so far; 0 while the store is still being created.
+fn stored_events(dir: &Path) -> i64 {
+    Connection::open_with_flags(
+        dir.join("data/epm-agent.db"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .and_then(|connection| {
+        connection.query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+    })
+    .unwrap_or(0)
+}
+
 #[test]
 fn sigterm_stops_cleanly_with_consistent_counters() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -48,11 +60,8 @@ fn sigterm_stops_cleanly_with_consistent_counters() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         assert!(Instant::now() < deadline, "no presses stored within 20 s");
-        if dir.path().join("data/epm-agent.db").exists() {
-            let stored = count(&open(dir.path()), "SELECT count(*) FROM events");
-            if stored >= 200 {
-                break;
-            }
+        if stored_events(dir.path()) >= 200 {
+            break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -114,4 +123,78 @@ fn sigterm_stops_cleanly_with_consistent_counters() {
         "SELECT count(*) FROM events a JOIN events b ON b.seqno = a.seqno + 1 WHERE b.id <= a.id",
     );
     assert_eq!(out_of_order, 0);
+}
+
+/// The socket inodes of `pid` that are listening (TCP LISTEN, or a unix
+/// socket accepting connections), read from /proc.
+#[cfg(target_os = "linux")]
+fn listening_sockets(pid: u32) -> Vec<String> {
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd list")
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            let target = target.to_string_lossy().into_owned();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let mut listening = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) == Some(&"0A")
+                && fields.get(9).is_some_and(|inode| inodes.contains(*inode))
+            {
+                listening.push(format!("{table} {}", fields[1]));
+            }
+        }
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap_or_default();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // Flags 00010000: __SO_ACCEPTCON, a listening unix socket.
+        if fields.get(3) == Some(&"00010000")
+            && fields.get(6).is_some_and(|inode| inodes.contains(*inode))
+        {
+            listening.push(format!("unix {}", fields.get(7).unwrap_or(&"")));
+        }
+    }
+    assert!(!inodes.is_empty() || listening.is_empty());
+    listening
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_agent_listens_on_no_socket() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path());
+    // A sink too, so the HTTP client is set up and connecting.
+    let mut text = std::fs::read_to_string(&config).expect("read");
+    text.push_str("\n[[sink]]\nname = \"r\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/batches\"\nmax_backoff_s = 1\n");
+    std::fs::write(&config, text).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agent");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no presses stored within 20 s");
+        if stored_events(dir.path()) > 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listening = listening_sockets(child.id());
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let _ = child.wait();
+    assert!(listening.is_empty(), "the agent listens on {listening:?}");
 }
