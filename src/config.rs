@@ -286,6 +286,7 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 /// What is valid but unwise about the file at `path` (shown by `config
 /// check`, logged by `run`): an inline token in a file other users can read.
 pub fn warnings(settings: &Settings, path: &Path) -> Vec<String> {
+    #[cfg_attr(not(unix), allow(unused_mut))] // only Unix has file modes to warn about
     let mut warnings = Vec::new();
     let holds_token = settings.sinks.iter().any(|sink| {
         matches!(&sink.kind, SinkKind::Http(http) if matches!(http.token, TokenSource::Inline(_)))

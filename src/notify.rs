@@ -42,6 +42,7 @@ pub fn watchdog_timeout() -> Option<Duration> {
     }
 }
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // only Linux sends them
 enum State<'a> {
     Ready,
     Reloading,

@@ -30,6 +30,10 @@ pub enum ServiceAction {
     Start,
     /// Stop the service and wait until everything read is committed.
     Stop,
+    /// Make the running service read its configuration again (the
+    /// service manager's param-change control, as `sc control epm-agent
+    /// paramchange` sends it).
+    Reload,
     /// The service's state, pid, start type and command line; exit 0
     /// running, 3 not running, 4 not installed.
     Status,
@@ -68,6 +72,7 @@ mod tests {
             ServiceAction::Uninstall,
             ServiceAction::Start,
             ServiceAction::Stop,
+            ServiceAction::Reload,
             ServiceAction::Status,
             ServiceAction::Run,
         ];

@@ -1,5 +1,5 @@
 //! Everything Windows: the `service` actions (install, uninstall, start,
-//! stop, status) through the service control manager, and the service
+//! stop, reload, status) through the service control manager, and the service
 //! itself. `service run` is what the manager launches: it hands the process
 //! to the manager's dispatcher, whose control handler turns Stop and
 //! Shutdown into the daemon's shutdown token and ParamChange into a
@@ -61,6 +61,8 @@ const ERROR_SERVICE_NOT_ACTIVE: i32 = 1062;
 const ERROR_FAILED_SERVICE_CONTROLLER_CONNECT: i32 = 1063;
 const ERROR_SERVICE_MARKED_FOR_DELETE: i32 = 1072;
 const ERROR_SERVICE_EXISTS: i32 = 1073;
+/// The exit code the manager shows for a service that never ran.
+const ERROR_SERVICE_NEVER_STARTED: u32 = 1077;
 
 /// Why the service stopped other than by request: its service-specific exit
 /// code, shown by `service status` and `sc query epm-agent`. A non-zero exit
@@ -78,14 +80,28 @@ enum Failure {
 }
 
 impl Failure {
+    const ALL: [Failure; 4] = [
+        Failure::Daemon,
+        Failure::Config,
+        Failure::Logging,
+        Failure::StopTimeout,
+    ];
+
+    fn meaning(self) -> &'static str {
+        match self {
+            Failure::Daemon => "the agent stopped on an error",
+            Failure::Config => "the configuration cannot be used",
+            Failure::Logging => "the log folder cannot be written",
+            Failure::StopTimeout => "the agent did not finish stopping in time",
+        }
+    }
+
+    /// A service-specific exit code in words.
     fn describe(code: u32) -> String {
-        let meaning = match code {
-            1 => "the agent stopped on an error",
-            2 => "the configuration cannot be used",
-            3 => "the log folder cannot be written",
-            4 => "the agent did not finish stopping in time",
-            _ => "unknown",
-        };
+        let meaning = Failure::ALL
+            .into_iter()
+            .find(|failure| *failure as u32 == code)
+            .map_or("unknown", Failure::meaning);
         format!("error {code}: {meaning}")
     }
 }
@@ -107,6 +123,7 @@ pub fn run(action: &ServiceAction, config_path: &Path) -> anyhow::Result<u8> {
         ServiceAction::Uninstall => uninstall(),
         ServiceAction::Start => start(),
         ServiceAction::Stop => stop(),
+        ServiceAction::Reload => reload(),
         ServiceAction::Status => status(),
         ServiceAction::Run => dispatch(config_path),
     }
@@ -161,13 +178,18 @@ fn install(config_path: &Path, manual: bool) -> anyhow::Result<u8> {
         command: None,
         actions: Some(vec![restart(5), restart(30), restart(60)]),
     };
-    let restart_setup = service
-        .update_failure_actions(restarts)
-        .and_then(|()| service.set_failure_actions_on_non_crash_failures(true));
-    if let Err(error) = restart_setup {
+    if let Err(error) = service.update_failure_actions(restarts) {
         eprintln!(
             "epm-agent: warning: {}",
             scm_error("the service will not be restarted after a failure", error)
+        );
+    } else if let Err(error) = service.set_failure_actions_on_non_crash_failures(true) {
+        eprintln!(
+            "epm-agent: warning: {}",
+            scm_error(
+                "the service will be restarted after a crash, not after an error exit",
+                error
+            )
         );
     }
     println!(
@@ -203,7 +225,12 @@ fn uninstall() -> anyhow::Result<u8> {
         ServiceAccess::QUERY_STATUS | ServiceAccess::STOP | ServiceAccess::DELETE,
     )?;
     if query(&service)?.current_state != ServiceState::Stopped {
-        stop_and_wait(&service)?;
+        if let Err(error) = stop_and_wait(&service) {
+            eprintln!(
+                "epm-agent: warning: {error:#}; removing it anyway: it goes once it has stopped, \
+                 at the latest when Windows restarts"
+            );
+        }
     }
     service
         .delete()
@@ -271,6 +298,22 @@ fn stop() -> anyhow::Result<u8> {
         Some(exit) => println!("service {SERVICE_NAME} stopped ({exit})"),
         None => println!("service {SERVICE_NAME} stopped; everything read was committed"),
     }
+    Ok(0)
+}
+
+fn reload() -> anyhow::Result<u8> {
+    let manager = connect(ServiceManagerAccess::CONNECT)?;
+    // Sending the param-change control needs PAUSE_CONTINUE access.
+    let service = open(
+        &manager,
+        ServiceAccess::PAUSE_CONTINUE | ServiceAccess::QUERY_STATUS,
+    )?;
+    send_param_change(&service)
+        .map_err(|error| scm_error("cannot ask the service to reload", error))?;
+    println!(
+        "service {SERVICE_NAME} is reading its configuration again (its log in {} says what changed)",
+        log_dir().display()
+    );
     Ok(0)
 }
 
@@ -401,6 +444,49 @@ fn scm_error(doing: &str, error: windows_service::Error) -> anyhow::Error {
     anyhow!("{doing}: {cause}{hint}")
 }
 
+/// `ControlService(SERVICE_CONTROL_PARAMCHANGE)`: windows-service sends
+/// only stop, pause, continue and user controls.
+fn send_param_change(service: &Service) -> Result<(), windows_service::Error> {
+    /// `SERVICE_STATUS` (winsvc.h): filled in by the call, not read here.
+    #[repr(C)]
+    #[derive(Default)]
+    struct RawServiceStatus {
+        service_type: u32,
+        current_state: u32,
+        controls_accepted: u32,
+        win32_exit_code: u32,
+        service_specific_exit_code: u32,
+        check_point: u32,
+        wait_hint: u32,
+    }
+    const SERVICE_CONTROL_PARAMCHANGE: u32 = 6;
+    #[link(name = "advapi32")]
+    extern "system" {
+        fn ControlService(
+            service: *mut std::ffi::c_void,
+            control: u32,
+            status: *mut RawServiceStatus,
+        ) -> i32;
+    }
+    let mut status = RawServiceStatus::default();
+    // SAFETY: the handle is open (borrowed from `service` for the call) with
+    // PAUSE_CONTINUE access, and `status` is a valid SERVICE_STATUS for the
+    // call to fill in.
+    let succeeded = unsafe {
+        ControlService(
+            service.raw_handle(),
+            SERVICE_CONTROL_PARAMCHANGE,
+            &mut status,
+        )
+    };
+    if succeeded == 0 {
+        return Err(windows_service::Error::Winapi(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 fn state_name(state: ServiceState) -> &'static str {
     match state {
         ServiceState::Stopped => "stopped",
@@ -420,10 +506,10 @@ fn pid(status: &ServiceStatus) -> String {
     }
 }
 
-/// `None` for a clean exit.
+/// `None` for a clean exit (or none yet).
 fn exit_description(exit_code: ServiceExitCode) -> Option<String> {
     match exit_code {
-        ServiceExitCode::Win32(0) => None,
+        ServiceExitCode::Win32(0 | ERROR_SERVICE_NEVER_STARTED) => None,
         ServiceExitCode::Win32(code) => Some(format!(
             "Windows error {code}: {}",
             std::io::Error::from_raw_os_error(code as i32)
@@ -510,7 +596,7 @@ fn service_main(_arguments: Vec<OsString>) {
     let outcome = serve(config_path, &reporter, shutdown, reloads);
     match outcome {
         Ok(()) => tracing::info!("service stopped"),
-        Err(failure) => tracing::error!("service stopped: {}", Failure::describe(failure as u32)),
+        Err(failure) => tracing::error!("service stopped: {}", failure.meaning()),
     }
     reporter.stopped(outcome);
 }
