@@ -7,6 +7,7 @@
 //! any number of readers ([`Store::open_reader`]) may read meanwhile (WAL
 //! readers never block the writer).
 
+pub mod recovery;
 pub mod retention;
 pub mod writer;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::event::Event;
@@ -44,6 +46,15 @@ pub enum StoreError {
         path: PathBuf,
         found: i64,
         known: i64,
+    },
+    /// `PRAGMA quick_check` found damage; the writer's start recovers from it.
+    #[error("store {} is damaged: {reason}", path.display())]
+    Damaged { path: PathBuf, reason: String },
+    #[error("store {} is damaged and cannot be moved aside to {}: {source}", path.display(), to.display())]
+    MoveAside {
+        path: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
     },
     #[error("store query failed: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -253,17 +264,41 @@ pub struct RecentPress {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `data_dir` for writing and
-    /// brings its schema up to date.
+    /// Opens (creating if needed) the store in `data_dir` for writing,
+    /// checks it, and brings its schema up to date. A damaged store is moved
+    /// aside and replaced by a fresh one holding what could be salvaged
+    /// ([`recovery`]); any other failure is returned as it is.
     pub fn open_writer(data_dir: &Path) -> Result<Store, StoreError> {
         create_private_dir(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
-        let connection = Connection::open(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
+        recovery::remove_salvage_copy(&path);
+        match Store::open_checked(&path) {
+            Err(damage) if recovery::is_damage(&damage) => recovery::recover(&path, &damage),
+            opened => opened,
+        }
+    }
+
+    /// Opens the store at `path` for writing: quick check first (before
+    /// anything is written to it), then settings and migrations.
+    fn open_checked(path: &Path) -> Result<Store, StoreError> {
+        let connection = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
             source,
         })?;
-        restrict_file_permissions(&path);
-        let store = Store { connection, path };
+        // Closing the last connection checkpoints the WAL into the database
+        // file: a store found damaged must be moved aside as it was found.
+        // Once it passed its check, closing is as usual again.
+        connection.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        restrict_file_permissions(path);
+        let store = Store {
+            connection,
+            path: path.to_path_buf(),
+        };
+        recovery::quick_check(&store)?;
+        store
+            .connection
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
         store.configure()?;
         store.migrate()?;
         Ok(store)
