@@ -920,17 +920,27 @@ fn locate_span(text: &str, span: Range<usize>) -> (usize, usize, String) {
         }
     }
     let trimmed = line_text.trim_start();
-    let key = if trimmed.starts_with('[') {
-        table
-    } else if let Some((key, _)) = line_text.split_once('=') {
-        let key = key.trim().trim_matches('"');
+    let in_table = |key: &str| {
         if table.is_empty() {
             key.to_string()
         } else {
             format!("{table}.{key}")
         }
+    };
+    let key = if trimmed.starts_with('[') {
+        table.clone()
+    } else if let Some((key, _)) = line_text.split_once('=') {
+        in_table(key.trim().trim_matches('"'))
+    } else if let Some(word) = trimmed.split_whitespace().next() {
+        // A key with no `=` after it: name what was written.
+        in_table(word.trim_matches('"'))
     } else {
-        table
+        table.clone()
+    };
+    let key = if key.is_empty() {
+        "(top level)".to_string()
+    } else {
+        key
     };
     (line, column, key)
 }

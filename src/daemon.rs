@@ -354,10 +354,14 @@ impl Supervisor {
 }
 
 /// Every [`HEARTBEAT_INTERVAL`] (or half the watchdog timeout, if shorter):
-/// the daemon's heartbeat goes through the writer; only when that round
-/// trip completes is the service manager's watchdog reset, with a one-line
-/// status. A writer that cannot commit stops the pings, and systemd
-/// restarts the agent.
+/// the daemon's heartbeat is queued for the writer, and the writer thread
+/// is asked how it is. Its answer resets the service manager's watchdog
+/// even while the store refuses writes (a full disk): the writer is then
+/// keeping every press in memory and retrying, and a restart would lose
+/// those presses and free no disk. The failure goes into the service
+/// STATUS line instead (and `status` turns critical: the heartbeat cannot
+/// be committed). Only a writer that does not answer, stuck or gone, stops
+/// the pings, so systemd restarts the agent.
 async fn heartbeat(store: StoreHandle, data_dir: PathBuf, shutdown: CancellationToken) {
     let period = notify::watchdog_timeout().map_or(HEARTBEAT_INTERVAL, |timeout| {
         (timeout / 2).min(HEARTBEAT_INTERVAL)
@@ -369,19 +373,29 @@ async fn heartbeat(store: StoreHandle, data_dir: PathBuf, shutdown: Cancellation
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let alive = async {
+        let asked = async {
             store.daemon_alive().await?;
-            store.flush().await
+            store.health().await
         };
-        let healthy = tokio::select! {
+        let health = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = alive => result.is_ok(),
+            health = asked => health,
         };
-        if !healthy {
+        let Ok(health) = health else {
             tracing::error!("the store writer is gone; no more watchdog pings");
             return;
-        }
+        };
         notify::watchdog();
+        if let Some(since) = health.failing_since {
+            notify::status(&format!(
+                "the store cannot be written since {}: {}; {} presses kept in memory, {} dropped",
+                since.format("%Y-%m-%d %H:%M:%S UTC"),
+                health.last_error.as_deref().unwrap_or("unknown error"),
+                health.backlog,
+                health.dropped
+            ));
+            continue;
+        }
         if reader.is_none() {
             reader = Store::open_reader(&data_dir).ok();
         }

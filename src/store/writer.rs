@@ -8,12 +8,26 @@
 //! transaction, and the device's and unit's press counters move in the same
 //! transaction, so a press counts exactly when it is durable. Drivers learn
 //! of the commit through their reply channel (and may then ACK the device).
+//!
+//! When the store refuses writes (a full disk, an I/O error, a lock held
+//! too long) the writer keeps the presses it reads in a bounded memory
+//! backlog, in arrival order, and retries with backoff (100 ms doubling to
+//! 5 s). It keeps draining its queue meanwhile, so a driver never waits on
+//! it and never stops reading its port: a press is lost only when the
+//! backlog is full, and then it is counted (`store_state.dropped_presses`,
+//! written with the first commit that works again). Device, unit and daemon
+//! reports keep only their newest state, so they do not grow with time;
+//! requests that wait for a commit (flush, sink progress, pruning) are
+//! answered after the next commit that works. [`StoreHandle::health`] is
+//! answered by the thread itself even then: the daemon's heartbeat tells
+//! "alive, the store refuses writes" from "stuck".
 
-use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, ErrorCode, OptionalExtension, Transaction};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 use ulid::Ulid;
 
@@ -21,13 +35,30 @@ use super::{LinkCounters, Store, StoreError};
 use crate::event::{format_timestamp, NewPress};
 use crate::protocol::UnitId;
 
+/// Presses the writer keeps in memory while the store cannot be written.
+/// A waiting press costs about 250 bytes (`NewPress` and its reply handle,
+/// ~130 bytes inline, plus its device, answer and question strings on the
+/// heap), so a full backlog holds about 25 MB — a day or more of a busy
+/// shop's presses.
+pub const DEFAULT_MAX_BACKLOG_PRESSES: usize = 100_000;
+
 /// Tuning of the writer; the defaults suit a point-of-sale PC.
 #[derive(Clone, Copy, Debug)]
 pub struct WriterOptions {
-    /// Most commands in one transaction.
+    /// Most presses in one transaction.
     pub max_batch: usize,
-    /// Commands queued before senders wait (backpressure).
+    /// Commands queued before senders wait (backpressure), while the store
+    /// takes writes; while it does not, the writer drains the queue into
+    /// its backlog instead.
     pub queue_capacity: usize,
+    /// Presses kept in memory while the store cannot be written; beyond
+    /// this, new presses are dropped and counted. At least `max_batch`.
+    pub max_backlog_presses: usize,
+    /// A hard cap on the database size, in pages (SQLite's
+    /// `max_page_count` on the writer's connection): past it, writes fail
+    /// as on a full disk. `None` (the default) in the agent; tests use it
+    /// to fill a store without filling a disk.
+    pub max_page_count: Option<u32>,
 }
 
 impl Default for WriterOptions {
@@ -35,8 +66,27 @@ impl Default for WriterOptions {
         WriterOptions {
             max_batch: 1_000,
             queue_capacity: 8_192,
+            max_backlog_presses: DEFAULT_MAX_BACKLOG_PRESSES,
+            max_page_count: None,
         }
     }
+}
+
+/// How the writer is doing, answered by the writer thread itself, so an
+/// answer also says the thread is alive and draining its queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriterHealth {
+    /// Since when commits fail; `None` while the store takes writes.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Why the latest commit failed, while they fail.
+    pub last_error: Option<String>,
+    /// Failed commit attempts since `failing_since`.
+    pub failed_attempts: u64,
+    /// Presses read but not stored yet, waiting in memory.
+    pub backlog: usize,
+    /// Presses dropped because the backlog was full, since the writer
+    /// started (the store keeps the total across restarts).
+    pub dropped: u64,
 }
 
 /// A press is durable: it has this id and the device may be acknowledged.
@@ -108,6 +158,9 @@ enum Command {
     /// Whether undelivered events alone exceed `max_size_mb`; answered
     /// once committed.
     OverCap(bool, oneshot::Sender<()>),
+    /// Answered by the writer thread between two commit attempts, even
+    /// while the store refuses writes.
+    Health(oneshot::Sender<WriterHealth>),
 }
 
 /// One chunk of housekeeping: delete at most `limit` of the oldest events
@@ -256,11 +309,22 @@ impl StoreHandle {
         self.last_seqno.clone()
     }
 
-    /// Waits until everything queued before this call is committed.
+    /// Waits until everything queued before this call is committed (while
+    /// the store refuses writes, until it takes them again).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (done, committed) = oneshot::channel();
         self.send(Command::Flush(done)).await?;
         committed.await.map_err(|_| StoreError::WriterGone)
+    }
+
+    /// How the writer is doing: answered after the commit attempt in
+    /// progress, or at once while it waits to retry, so it does not wait
+    /// for the store to take writes again. An error means the writer
+    /// thread has stopped.
+    pub async fn health(&self) -> Result<WriterHealth, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Health(reply)).await?;
+        answer.await.map_err(|_| StoreError::WriterGone)
     }
 
     async fn send(&self, command: Command) -> Result<(), StoreError> {
@@ -276,6 +340,11 @@ pub fn spawn(
     store: Store,
     options: WriterOptions,
 ) -> Result<(StoreHandle, std::thread::JoinHandle<()>), StoreError> {
+    let options = WriterOptions {
+        max_batch: options.max_batch.max(1),
+        max_backlog_presses: options.max_backlog_presses.max(options.max_batch.max(1)),
+        ..options
+    };
     let last_id = store
         .last_event_id()?
         .and_then(|id| Ulid::from_string(&id).ok())
@@ -286,6 +355,16 @@ pub fn spawn(
     store
         .connection
         .pragma_update(None, "wal_autocheckpoint", 0)?;
+    if let Some(pages) = options.max_page_count {
+        store
+            .connection
+            .pragma_update(None, "max_page_count", pages)?;
+    }
+    // Only for waiting on the queue with a deadline while retrying.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(StoreError::Thread)?;
     let checkpoints = rusqlite::Connection::open(store.path())?;
     checkpoints.busy_timeout(Duration::from_secs(5))?;
     let (stop_checkpoints, checkpoint_stop) = std::sync::mpsc::channel::<()>();
@@ -300,9 +379,20 @@ pub fn spawn(
     let mut writer = Writer {
         store,
         receiver,
+        runtime,
         options,
         last_id,
         seqno_sender,
+        pending: Pending::default(),
+        accepted_presses: 0,
+        committed_presses: 0,
+        health_queries: Vec::new(),
+        failure: None,
+        // The first commit also clears a failure a previous run noted.
+        store_state_due: true,
+        unsaved_drops: 0,
+        dropped: 0,
+        closed_at: None,
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
@@ -332,6 +422,14 @@ pub fn spawn(
 
 /// How often the background checkpointer runs.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+/// The first retry after a failed commit; each next one waits twice as
+/// long, up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// How long a writer whose handles are all gone (the agent stops) keeps
+/// retrying before it gives its backlog up: well inside the service's
+/// stop timeout (30 s), so the loss is logged rather than killed silently.
+const STOP_RETRY_LIMIT: Duration = Duration::from_secs(10);
 
 /// Passive checkpoints until `stop` is dropped: they never block the writer
 /// or readers; what a reader still needs is copied on a later round.
@@ -349,16 +447,75 @@ fn run_checkpoints(connection: &rusqlite::Connection, stop: &std::sync::mpsc::Re
 struct Writer {
     store: Store,
     receiver: mpsc::Receiver<Command>,
+    runtime: tokio::runtime::Runtime,
     options: WriterOptions,
     last_id: Ulid,
     seqno_sender: watch::Sender<i64>,
+    pending: Pending,
+    /// Presses taken into `pending` so far (a flush waits for its number).
+    accepted_presses: u64,
+    /// Presses committed so far, in the order they were accepted.
+    committed_presses: u64,
+    /// Answered at the end of the current round.
+    health_queries: Vec<oneshot::Sender<WriterHealth>>,
+    failure: Option<Failure>,
+    /// The next commit writes `store_state`'s write-failure columns and
+    /// adds `unsaved_drops` to its dropped presses.
+    store_state_due: bool,
+    unsaved_drops: u64,
+    /// Presses dropped since the writer started.
+    dropped: u64,
+    /// When every handle was found dropped (the agent is stopping).
+    closed_at: Option<Instant>,
 }
 
-/// Who hears of a commit, and what.
-struct CommitReplies {
-    presses: Vec<(mpsc::UnboundedSender<Committed>, Committed)>,
-    /// Events deleted by each `Prune` of the batch, in order.
+/// Everything taken from the queue and not committed yet. Presses keep
+/// their arrival order and are bounded by `max_backlog_presses`; reports
+/// keep only the newest state per device, unit and daemon, so they never
+/// grow; a request that waits for a commit is one per waiting caller.
+#[derive(Default)]
+struct Pending {
+    presses: VecDeque<PendingPress>,
+    devices: HashMap<String, DeviceReport>,
+    units: HashMap<(String, UnitId), UnitReport>,
+    daemon: Option<DaemonReport>,
+    over_cap: Option<bool>,
+    over_cap_replies: Vec<oneshot::Sender<()>>,
+    /// Sink updates and prunes, in the order they came.
+    requests: Vec<Request>,
+    /// Answered once this many presses are committed (after a commit).
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+}
+
+struct PendingPress {
+    press: NewPress,
+    reply: Option<mpsc::UnboundedSender<Committed>>,
+}
+
+enum Request {
+    Sink(SinkUpdate, oneshot::Sender<()>),
+    Prune(Prune, oneshot::Sender<u64>),
+}
+
+/// The store refuses writes: since when, why, and when to try again.
+struct Failure {
+    since: DateTime<Utc>,
+    started: Instant,
+    last_error: String,
+    attempts: u64,
+    delay: Duration,
+    retry_at: Instant,
+    /// Presses dropped since the failure began.
+    dropped: u64,
+}
+
+/// What a successful commit hands back: the ids of the presses it stored
+/// (in order) and what each `Prune` deleted.
+struct Written {
+    ids: Vec<String>,
     pruned: Vec<u64>,
+    last_id: Ulid,
+    newest_seqno: Option<i64>,
 }
 
 /// Press counters of one batch, applied to `devices` and `units` once.
@@ -368,111 +525,389 @@ struct PressTotals {
     last_ts: String,
 }
 
-impl Writer {
-    fn run(&mut self) {
-        let mut batch = Vec::with_capacity(self.options.max_batch);
-        while let Some(first) = self.receiver.blocking_recv() {
-            batch.push(first);
-            while batch.len() < self.options.max_batch {
-                match self.receiver.try_recv() {
-                    Ok(command) => batch.push(command),
-                    Err(_) => break,
-                }
-            }
-            self.commit_with_retry(&mut batch);
-        }
-        tracing::debug!("store writer stopped: every handle dropped and the queue is empty");
+impl Pending {
+    fn has_work(&self) -> bool {
+        !self.presses.is_empty()
+            || !self.devices.is_empty()
+            || !self.units.is_empty()
+            || self.daemon.is_some()
+            || self.over_cap.is_some()
+            || !self.requests.is_empty()
+            || !self.flushes.is_empty()
     }
 
-    /// Commits the batch, retrying while the store refuses. Nothing queued is
-    /// dropped: while this retries, senders wait on the full queue.
-    fn commit_with_retry(&mut self, batch: &mut Vec<Command>) {
-        let mut delay = Duration::from_millis(100);
+    /// Keeps the newest report of a device; what the store keeps from an
+    /// older one (`coalesce` in the upsert) is kept here too.
+    fn add_device(&mut self, mut report: DeviceReport) {
+        if let Some(older) = self.devices.remove(&report.name) {
+            report.hardware_id = report.hardware_id.or(older.hardware_id);
+            report.firmware = report.firmware.or(older.firmware);
+            report.last_frame_at = report.last_frame_at.or(older.last_frame_at);
+        }
+        self.devices.insert(report.name.clone(), report);
+    }
+
+    /// Keeps the newest report of a unit, merged as the upsert would.
+    fn add_unit(&mut self, mut report: UnitReport) {
+        let key = (report.device.clone(), report.unit);
+        if let Some(older) = self.units.remove(&key) {
+            report.seen_at = report.seen_at.max(older.seen_at);
+            report.battery = report.battery.or(older.battery);
+            report.rssi = report.rssi.or(older.rssi);
+        }
+        self.units.insert(key, report);
+    }
+
+    /// A heartbeat does not replace a pending start or stop: those write
+    /// the heartbeat time too.
+    fn add_daemon(&mut self, report: DaemonReport) {
+        if !matches!(report, DaemonReport::Alive) || self.daemon.is_none() {
+            self.daemon = Some(report);
+        }
+    }
+}
+
+impl Writer {
+    /// Rounds of "take what is queued, commit" until every handle is gone
+    /// and everything taken is committed (or, while the store still
+    /// refuses writes, [`STOP_RETRY_LIMIT`] has passed).
+    fn run(&mut self) {
         loop {
-            match self.commit(batch) {
-                Ok(committed) => {
-                    for (reply, message) in committed.presses {
-                        // The driver may have stopped; the press is stored anyway.
-                        let _ = reply.send(message);
-                    }
-                    let mut pruned = committed.pruned.into_iter();
-                    for command in batch.drain(..) {
-                        match command {
-                            Command::Flush(done)
-                            | Command::Sink(_, done)
-                            | Command::OverCap(_, done) => {
-                                let _ = done.send(());
-                            }
-                            Command::Prune(_, done) => {
-                                let _ = done.send(pruned.next().unwrap_or(0));
-                            }
-                            _ => {}
-                        }
-                    }
-                    return;
-                }
-                Err(error) => {
+            if let Some(failure) = &self.failure {
+                if self
+                    .closed_at
+                    .is_some_and(|closed| closed.elapsed() >= STOP_RETRY_LIMIT)
+                {
                     tracing::error!(
                         store = %self.store.path().display(),
-                        "cannot commit to the store, retrying in {delay:?}: {error}"
+                        "stopping with {} presses that could not be stored: they are lost ({})",
+                        self.pending.presses.len(),
+                        failure.last_error
                     );
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    return;
+                }
+                self.wait_for_retry();
+            } else if self.pending.has_work() {
+                // Catching up after a failure: keep the queue drained
+                // while the backlog is committed chunk by chunk.
+                self.take_queued(usize::MAX);
+            } else {
+                self.answer_health_queries();
+                if self.closed_at.is_some() {
+                    break;
+                }
+                // Not through `runtime`: its timer driver's park adds about
+                // half a millisecond to a lone press (benches/ingest.rs).
+                match self.receiver.blocking_recv() {
+                    Some(command) => self.take(command),
+                    None => {
+                        self.closed_at = Some(Instant::now());
+                        continue;
+                    }
+                }
+                // Group commit: whatever else is queued joins this round.
+                self.take_queued(self.options.max_batch - 1);
+                if !self.pending.has_work() {
+                    continue;
+                }
+            }
+            self.commit_round();
+        }
+        tracing::debug!(
+            "store writer stopped: every handle dropped and everything queued committed"
+        );
+    }
+
+    /// Takes up to `limit` queued commands without waiting.
+    fn take_queued(&mut self, limit: usize) {
+        for _ in 0..limit {
+            match self.receiver.try_recv() {
+                Ok(command) => self.take(command),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.closed_at.get_or_insert_with(Instant::now);
+                    return;
                 }
             }
         }
     }
 
-    fn commit(&mut self, batch: &[Command]) -> Result<CommitReplies, rusqlite::Error> {
+    /// Takes commands until the next retry is due, answering health
+    /// queries at once: while the store refuses writes, nobody waits on
+    /// the queue.
+    fn wait_for_retry(&mut self) {
+        loop {
+            self.answer_health_queries();
+            let Some(failure) = &self.failure else {
+                return;
+            };
+            let retry_at = match self.closed_at {
+                Some(closed) => failure.retry_at.min(closed + STOP_RETRY_LIMIT),
+                None => failure.retry_at,
+            };
+            if self.closed_at.is_some() {
+                std::thread::sleep(retry_at.saturating_duration_since(Instant::now()));
+                return;
+            }
+            let deadline = tokio::time::Instant::from_std(retry_at);
+            let receiver = &mut self.receiver;
+            // The timer is made inside `block_on`: it needs the runtime.
+            let received = self
+                .runtime
+                .block_on(async { tokio::time::timeout_at(deadline, receiver.recv()).await });
+            match received {
+                Err(_elapsed) => return,
+                Ok(Some(command)) => self.take(command),
+                Ok(None) => self.closed_at = Some(Instant::now()),
+            }
+        }
+    }
+
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Press { press, reply } => {
+                if self.pending.presses.len() >= self.options.max_backlog_presses {
+                    self.drop_press();
+                    return;
+                }
+                self.pending
+                    .presses
+                    .push_back(PendingPress { press, reply });
+                self.accepted_presses += 1;
+            }
+            Command::Device(report) => self.pending.add_device(report),
+            Command::Unit(report) => self.pending.add_unit(report),
+            Command::Daemon(report) => self.pending.add_daemon(report),
+            Command::Flush(done) => self.pending.flushes.push((self.accepted_presses, done)),
+            Command::Sink(update, done) => self.pending.requests.push(Request::Sink(update, done)),
+            Command::Prune(prune, done) => self.pending.requests.push(Request::Prune(prune, done)),
+            Command::OverCap(over, done) => {
+                self.pending.over_cap = Some(over);
+                self.pending.over_cap_replies.push(done);
+            }
+            Command::Health(reply) => self.health_queries.push(reply),
+        }
+    }
+
+    /// The backlog is full: the newest press goes. Every press already in
+    /// the backlog stays promised to the store, and what is lost is one
+    /// stretch of time, from the moment the backlog filled up.
+    fn drop_press(&mut self) {
+        self.dropped += 1;
+        self.unsaved_drops += 1;
+        self.store_state_due = true;
+        let first_in_failure = match &mut self.failure {
+            Some(failure) => {
+                failure.dropped += 1;
+                failure.dropped == 1
+            }
+            None => self.dropped == 1,
+        };
+        if first_in_failure {
+            tracing::error!(
+                store = %self.store.path().display(),
+                "the memory backlog is full ({} presses): new presses are dropped, and counted, until the store takes writes again",
+                self.options.max_backlog_presses
+            );
+        }
+    }
+
+    /// One commit attempt: every pending report and request, and the
+    /// oldest pending presses (up to `max_batch`).
+    fn commit_round(&mut self) {
+        let take = self.pending.presses.len().min(self.options.max_batch);
+        match self.write(take) {
+            Ok(written) => self.committed(take, written),
+            Err(error) => self.failed(error),
+        }
+        self.answer_health_queries();
+    }
+
+    fn committed(&mut self, take: usize, written: Written) {
+        if let Some(failure) = self.failure.take() {
+            tracing::info!(
+                store = %self.store.path().display(),
+                "the store takes writes again after {} s and {} failed attempts: {} presses kept in memory are being stored, {} were dropped",
+                failure.started.elapsed().as_secs(),
+                failure.attempts,
+                self.pending.presses.len(),
+                failure.dropped
+            );
+        }
+        self.last_id = written.last_id;
+        if let Some(seqno) = written.newest_seqno {
+            self.seqno_sender.send_replace(seqno);
+        }
+        self.store_state_due = false;
+        self.unsaved_drops = 0;
+        for (pending, id) in self.pending.presses.drain(..take).zip(written.ids) {
+            if let Some(reply) = pending.reply {
+                // The driver may have stopped; the press is stored anyway.
+                let _ = reply.send(Committed {
+                    id,
+                    unit: pending.press.unit,
+                    seq: pending.press.seq,
+                });
+            }
+        }
+        self.committed_presses += take as u64;
+        self.pending.devices.clear();
+        self.pending.units.clear();
+        self.pending.daemon = None;
+        self.pending.over_cap = None;
+        for done in self.pending.over_cap_replies.drain(..) {
+            let _ = done.send(());
+        }
+        let mut pruned = written.pruned.into_iter();
+        for request in self.pending.requests.drain(..) {
+            match request {
+                Request::Sink(_, done) => {
+                    let _ = done.send(());
+                }
+                Request::Prune(_, done) => {
+                    let _ = done.send(pruned.next().unwrap_or(0));
+                }
+            }
+        }
+        // Flushes wait in arrival order, so the answered ones lead.
+        let committed = self.committed_presses;
+        let answered = self
+            .pending
+            .flushes
+            .partition_point(|(waits_for, _)| *waits_for <= committed);
+        for (_, done) in self.pending.flushes.drain(..answered) {
+            let _ = done.send(());
+        }
+    }
+
+    /// A commit failed: the first failure is logged, and noted in the
+    /// store if a small write still goes through; later ones only back the
+    /// next retry off.
+    fn failed(&mut self, error: rusqlite::Error) {
+        let now = Instant::now();
+        self.store_state_due = true;
+        if let Some(failure) = &mut self.failure {
+            failure.attempts += 1;
+            failure.delay = (failure.delay * 2).min(MAX_RETRY_DELAY);
+            failure.retry_at = now + failure.delay;
+            tracing::debug!(
+                store = %self.store.path().display(),
+                attempts = failure.attempts,
+                backlog = self.pending.presses.len(),
+                "still cannot write the store, retrying in {:?}: {error}",
+                failure.delay
+            );
+            failure.last_error = error.to_string();
+            return;
+        }
+        let hint = match error.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => " (is its disk full?)",
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                " (does another program hold it open for writing?)"
+            }
+            _ => "",
+        };
+        tracing::error!(
+            store = %self.store.path().display(),
+            "cannot write the store: {error}{hint}; presses are kept in memory (up to {}) and the write is retried",
+            self.options.max_backlog_presses
+        );
+        let failure = Failure {
+            since: Utc::now(),
+            started: now,
+            last_error: error.to_string(),
+            attempts: 1,
+            delay: FIRST_RETRY_DELAY,
+            retry_at: now + FIRST_RETRY_DELAY,
+            dropped: 0,
+        };
+        // Best effort, for `status`: an update in place may go through
+        // where new presses do not; on a full disk it fails as well, and
+        // the heartbeat that cannot be written says it instead.
+        if let Err(error) = self.store.connection.execute(
+            "UPDATE store_state SET write_failures_since = coalesce(write_failures_since, ?1),
+                 last_write_error = ?2",
+            params![format_timestamp(failure.since), failure.last_error],
+        ) {
+            tracing::debug!("cannot note the write failure in the store either: {error}");
+        }
+        self.failure = Some(failure);
+    }
+
+    fn answer_health_queries(&mut self) {
+        if self.health_queries.is_empty() {
+            return;
+        }
+        let health = WriterHealth {
+            failing_since: self.failure.as_ref().map(|failure| failure.since),
+            last_error: self.failure.as_ref().map(|f| f.last_error.clone()),
+            failed_attempts: self.failure.as_ref().map_or(0, |failure| failure.attempts),
+            backlog: self.pending.presses.len(),
+            dropped: self.dropped,
+        };
+        for reply in self.health_queries.drain(..) {
+            let _ = reply.send(health.clone());
+        }
+    }
+
+    /// Writes what is pending, with the `take` oldest presses, in one
+    /// transaction; nothing in `self` changes unless it commits.
+    fn write(&self, take: usize) -> Result<Written, rusqlite::Error> {
         let transaction = self.store.connection.unchecked_transaction()?;
-        let mut replies = Vec::new();
-        let mut pruned = Vec::new();
+        let mut ids = Vec::with_capacity(take);
         let mut device_totals: HashMap<&str, PressTotals> = HashMap::new();
         let mut unit_totals: HashMap<(&str, UnitId), (u64, &NewPress)> = HashMap::new();
         let mut last_id = self.last_id;
-        for command in batch {
-            match command {
-                Command::Press { press, reply } => {
-                    last_id = next_id(last_id, SystemTime::now());
-                    let id = last_id.to_string();
-                    insert_event(&transaction, &id, press)?;
-                    let totals = device_totals.entry(&press.device).or_insert(PressTotals {
-                        model: press.model,
-                        presses: 0,
-                        last_ts: String::new(),
-                    });
-                    totals.presses += 1;
-                    totals.last_ts = format_timestamp(press.ts);
-                    let unit = unit_totals
-                        .entry((&press.device, press.unit))
-                        .or_insert((0, press));
-                    unit.0 += 1;
-                    unit.1 = press;
-                    if let Some(reply) = reply {
-                        replies.push((
-                            reply.clone(),
-                            Committed {
-                                id,
-                                unit: press.unit,
-                                seq: press.seq,
-                            },
-                        ));
-                    }
-                }
-                Command::Device(report) => upsert_device(&transaction, report)?,
-                Command::Unit(report) => upsert_unit(&transaction, report, 0)?,
-                Command::Daemon(report) => record_daemon(&transaction, *report)?,
-                Command::Sink(update, _) => apply_sink_update(&transaction, update)?,
-                Command::Prune(prune, _) => pruned.push(apply_prune(&transaction, prune)?),
-                Command::OverCap(over, _) => {
-                    transaction.execute(
-                        "UPDATE store_state SET checked_at = ?2,
-                             over_cap_since = CASE WHEN ?1 THEN coalesce(over_cap_since, ?2) END",
-                        params![over, format_timestamp(Utc::now())],
-                    )?;
-                }
-                Command::Flush(_) => {}
+        for PendingPress { press, .. } in self.pending.presses.range(..take) {
+            last_id = next_id(last_id, SystemTime::now());
+            let id = last_id.to_string();
+            insert_event(&transaction, &id, press)?;
+            ids.push(id);
+            let totals = device_totals.entry(&press.device).or_insert(PressTotals {
+                model: press.model,
+                presses: 0,
+                last_ts: String::new(),
+            });
+            totals.presses += 1;
+            totals.last_ts = format_timestamp(press.ts);
+            let unit = unit_totals
+                .entry((&press.device, press.unit))
+                .or_insert((0, press));
+            unit.0 += 1;
+            unit.1 = press;
+        }
+        // Read before any other insert: an upsert that inserts a device or
+        // unit row moves `last_insert_rowid` too.
+        let newest_seqno = (take > 0).then(|| transaction.last_insert_rowid());
+        for report in self.pending.devices.values() {
+            upsert_device(&transaction, report)?;
+        }
+        for report in self.pending.units.values() {
+            upsert_unit(&transaction, report, 0)?;
+        }
+        if let Some(report) = self.pending.daemon {
+            record_daemon(&transaction, report)?;
+        }
+        let mut pruned = Vec::new();
+        for request in &self.pending.requests {
+            match request {
+                Request::Sink(update, _) => apply_sink_update(&transaction, update)?,
+                Request::Prune(prune, _) => pruned.push(apply_prune(&transaction, prune)?),
             }
+        }
+        if let Some(over) = self.pending.over_cap {
+            transaction.execute(
+                "UPDATE store_state SET checked_at = ?2,
+                     over_cap_since = CASE WHEN ?1 THEN coalesce(over_cap_since, ?2) END",
+                params![over, format_timestamp(Utc::now())],
+            )?;
+        }
+        if self.store_state_due {
+            transaction.execute(
+                "UPDATE store_state SET dropped_presses = dropped_presses + ?1,
+                     write_failures_since = NULL, last_write_error = NULL",
+                [self.unsaved_drops],
+            )?;
         }
         for (device, totals) in &device_totals {
             transaction.execute(
@@ -493,15 +928,12 @@ impl Writer {
             };
             upsert_unit(&transaction, &report, *presses)?;
         }
-        let newest_seqno = (!device_totals.is_empty()).then(|| transaction.last_insert_rowid());
         transaction.commit()?;
-        self.last_id = last_id;
-        if let Some(seqno) = newest_seqno {
-            self.seqno_sender.send_replace(seqno);
-        }
-        Ok(CommitReplies {
-            presses: replies,
+        Ok(Written {
+            ids,
             pruned,
+            last_id,
+            newest_seqno,
         })
     }
 }
@@ -750,5 +1182,61 @@ mod tests {
         let earlier = next_id(first, now - Duration::from_secs(3600));
         let same_ms = next_id(earlier, now);
         assert!(first < earlier && earlier < same_ms);
+    }
+
+    #[test]
+    fn a_waiting_press_costs_what_the_backlog_size_assumes() {
+        // Inline; its device, answer and question strings add about 100
+        // bytes on the heap: ~250 bytes, as DEFAULT_MAX_BACKLOG_PRESSES says.
+        let inline = std::mem::size_of::<PendingPress>();
+        assert!(inline <= 150, "a pending press takes {inline} bytes inline");
+    }
+
+    #[test]
+    fn newer_reports_replace_older_ones_keeping_what_the_upsert_would_keep() {
+        let at = |second: i64| {
+            DateTime::<Utc>::from_timestamp(1_700_000_000 + second, 0).expect("a valid time")
+        };
+        let device = |hardware_id: Option<&str>, state| DeviceReport {
+            name: "entrance".into(),
+            model: "prolan-501",
+            port: "/dev/ttyACM0".into(),
+            state,
+            state_since: at(0),
+            hardware_id: hardware_id.map(String::from),
+            firmware: None,
+            last_frame_at: None,
+            counters: LinkCounters::default(),
+            last_error: None,
+        };
+        let unit = |seen, battery, rssi| UnitReport {
+            device: "entrance".into(),
+            unit: UnitId(0x301A_0002),
+            seen_at: at(seen),
+            battery,
+            rssi,
+        };
+        let mut pending = Pending::default();
+        pending.add_device(device(Some("501000A7"), LinkState::Connected));
+        pending.add_device(device(None, LinkState::Silent));
+        pending.add_unit(unit(20, Some(87), None));
+        pending.add_unit(unit(10, None, Some(-61)));
+        pending.add_daemon(DaemonReport::Started { pid: 7 });
+        pending.add_daemon(DaemonReport::Alive);
+
+        assert_eq!(pending.devices.len(), 1);
+        let saved = &pending.devices["entrance"];
+        assert_eq!(
+            (saved.state, saved.hardware_id.as_deref()),
+            (LinkState::Silent, Some("501000A7"))
+        );
+        assert_eq!(
+            pending.units.values().collect::<Vec<_>>(),
+            [&unit(20, Some(87), Some(-61))]
+        );
+        assert!(matches!(
+            pending.daemon,
+            Some(DaemonReport::Started { pid: 7 })
+        ));
     }
 }
