@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::ClockWatch;
 use crate::config::{self, DeviceSettings, Settings, SinkSettings, StoreSettings};
 use crate::driver::{self, Restored};
 use crate::notify;
@@ -368,10 +369,20 @@ async fn heartbeat(store: StoreHandle, data_dir: PathBuf, shutdown: Cancellation
     });
     let mut interval = tokio::time::interval(period);
     let mut reader = None;
+    let origin = tokio::time::Instant::now();
+    let mut clock = ClockWatch::new(Utc::now(), Duration::ZERO);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
+        }
+        if let Some(seconds) = clock.observe(Utc::now(), origin.elapsed()) {
+            tracing::warn!(
+                "the system clock jumped by {seconds:+} s; event order and ids are unaffected"
+            );
+            if store.daemon_clock_jump(seconds).await.is_err() {
+                return;
+            }
         }
         let asked = async {
             store.daemon_alive().await?;

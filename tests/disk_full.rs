@@ -600,10 +600,12 @@ mod daemon {
         };
         assert!(status.success(), "{status}: {}", agent_said());
         let log = agent_said();
-        assert_eq!(
-            log.matches("cannot write the store").count(),
-            1,
-            "the failure is logged once, not per retry: {log}"
+        // Once per failure episode, not per retry (there are many retries);
+        // under load a commit can slip through between two episodes.
+        let logged = log.matches("cannot write the store").count();
+        assert!(
+            (1..=2).contains(&logged),
+            "the failure is logged once per episode, not per retry ({logged} times): {log}"
         );
         assert!(
             log.contains("takes writes again"),

@@ -433,7 +433,7 @@ fn bounded(cases: u32) -> Config {
 }
 
 proptest! {
-    #![proptest_config(bounded(3000))]
+    #![proptest_config(bounded(2000))]
 
     /// The `decode_prolan202` target's checks, on generated keypad streams.
     #[test]
@@ -453,7 +453,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(bounded(3000))]
+    #![proptest_config(bounded(2000))]
 
     /// The `config` target's checks, on edited configurations.
     #[test]

@@ -186,3 +186,29 @@ async fn a_reader_reads_while_the_writer_writes() {
     drop(handle);
     thread.join().expect("writer thread");
 }
+
+#[tokio::test]
+async fn a_clock_jump_is_recorded_for_status() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (handle, thread) = writer::spawn(
+        Store::open_writer(dir.path()).expect("open"),
+        WriterOptions::default(),
+    )
+    .expect("writer");
+    handle.daemon_started().await.expect("started");
+    handle.daemon_clock_jump(-3_600).await.expect("queued");
+    handle.flush().await.expect("flushed");
+    drop(handle);
+    thread.join().expect("writer thread");
+    let reader = Store::open_reader(dir.path()).expect("reader");
+    let (at, seconds): (Option<String>, Option<i64>) = reader
+        .connection()
+        .query_row(
+            "SELECT clock_jump_at, clock_jump_s FROM daemon",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .expect("daemon row");
+    assert!(at.is_some());
+    assert_eq!(seconds, Some(-3_600));
+}

@@ -235,9 +235,15 @@ impl SinkState {
 
 #[derive(Clone, Copy, Debug)]
 enum DaemonReport {
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     Alive,
     Stopped,
+    /// The wall clock moved by this many seconds against the monotonic one.
+    ClockJump {
+        seconds: i64,
+    },
 }
 
 /// Sends work to the writer thread. Cheap to clone; the writer stops once
@@ -277,6 +283,12 @@ impl StoreHandle {
     /// The daemon's heartbeat, every few seconds while it runs.
     pub async fn daemon_alive(&self) -> Result<(), StoreError> {
         self.send(Command::Daemon(DaemonReport::Alive)).await
+    }
+
+    /// Records that the wall clock jumped by `seconds` (shown by `status`).
+    pub async fn daemon_clock_jump(&self, seconds: i64) -> Result<(), StoreError> {
+        self.send(Command::Daemon(DaemonReport::ClockJump { seconds }))
+            .await
     }
 
     pub async fn daemon_stopped(&self) -> Result<(), StoreError> {
@@ -478,7 +490,8 @@ struct Pending {
     presses: VecDeque<PendingPress>,
     devices: HashMap<String, DeviceReport>,
     units: HashMap<(String, UnitId), UnitReport>,
-    daemon: Option<DaemonReport>,
+    /// In order; repeated heartbeats collapse into one.
+    daemon: Vec<DaemonReport>,
     over_cap: Option<bool>,
     over_cap_replies: Vec<oneshot::Sender<()>>,
     /// Sink updates and prunes, in the order they came.
@@ -530,7 +543,7 @@ impl Pending {
         !self.presses.is_empty()
             || !self.devices.is_empty()
             || !self.units.is_empty()
-            || self.daemon.is_some()
+            || !self.daemon.is_empty()
             || self.over_cap.is_some()
             || !self.requests.is_empty()
             || !self.flushes.is_empty()
@@ -561,9 +574,17 @@ impl Pending {
     /// A heartbeat does not replace a pending start or stop: those write
     /// the heartbeat time too.
     fn add_daemon(&mut self, report: DaemonReport) {
-        if !matches!(report, DaemonReport::Alive) || self.daemon.is_none() {
-            self.daemon = Some(report);
+        // A start, stop or clock jump must each be recorded (a start
+        // creates the row the others update); only heartbeats collapse.
+        if matches!(report, DaemonReport::Alive)
+            && self
+                .daemon
+                .iter()
+                .any(|queued| matches!(queued, DaemonReport::Alive))
+        {
+            return;
         }
+        self.daemon.push(report);
     }
 }
 
@@ -753,7 +774,7 @@ impl Writer {
         self.committed_presses += take as u64;
         self.pending.devices.clear();
         self.pending.units.clear();
-        self.pending.daemon = None;
+        self.pending.daemon.clear();
         self.pending.over_cap = None;
         for done in self.pending.over_cap_replies.drain(..) {
             let _ = done.send(());
@@ -885,8 +906,8 @@ impl Writer {
         for report in self.pending.units.values() {
             upsert_unit(&transaction, report, 0)?;
         }
-        if let Some(report) = self.pending.daemon {
-            record_daemon(&transaction, report)?;
+        for report in &self.pending.daemon {
+            record_daemon(&transaction, *report)?;
         }
         let mut pruned = Vec::new();
         for request in &self.pending.requests {
@@ -1163,6 +1184,10 @@ fn record_daemon(transaction: &Transaction<'_>, report: DaemonReport) -> rusqlit
         DaemonReport::Alive => {
             transaction.execute("UPDATE daemon SET heartbeat_at = ?1", [&now])?
         }
+        DaemonReport::ClockJump { seconds } => transaction.execute(
+            "UPDATE daemon SET clock_jump_at = ?1, clock_jump_s = ?2",
+            params![now, seconds],
+        )?,
         DaemonReport::Stopped => transaction.execute(
             "UPDATE daemon SET heartbeat_at = ?1, stopped_at = ?1",
             [&now],
@@ -1235,8 +1260,18 @@ mod tests {
             [&unit(20, Some(87), Some(-61))]
         );
         assert!(matches!(
-            pending.daemon,
-            Some(DaemonReport::Started { pid: 7 })
+            pending.daemon.as_slice(),
+            [DaemonReport::Started { pid: 7 }, DaemonReport::Alive]
+        ));
+        pending.add_daemon(DaemonReport::Alive);
+        pending.add_daemon(DaemonReport::ClockJump { seconds: 90 });
+        assert!(matches!(
+            pending.daemon.as_slice(),
+            [
+                DaemonReport::Started { pid: 7 },
+                DaemonReport::Alive,
+                DaemonReport::ClockJump { seconds: 90 }
+            ]
         ));
     }
 }
