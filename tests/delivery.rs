@@ -175,7 +175,9 @@ fn retry_after_is_obeyed_during_an_outage() {
     for pair in refused.windows(2) {
         let gap = pair[1].at - pair[0].at;
         assert!(
-            (Duration::from_millis(980)..=Duration::from_millis(2_000)).contains(&gap),
+            // Never sooner than Retry-After (the point); the upper bound only
+            // catches a gross over-wait, with room for a loaded CI machine.
+            (Duration::from_millis(980)..=Duration::from_millis(4_000)).contains(&gap),
             "{gap:?} between two requests, Retry-After said 1 s\n{}",
             summary(&requests)
         );
