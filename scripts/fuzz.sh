@@ -19,10 +19,11 @@
 # a bug already saved and reported breaks, to fuzz past it until it is fixed.
 #
 # A run fuzzes in fuzz/corpus/<target> (git-ignored, seeded from the
-# fixtures), then `-merge=1`s it into fixtures/fuzz/<target>: only inputs
-# that add coverage are copied, so the corpus stays small. A crash is
-# minimised (`cargo fuzz tmin`) into fixtures/fuzz/<target>/crash-<hash>,
-# where the replay test fails until the bug is fixed; the script exits 1.
+# fixtures), then folds it into fixtures/fuzz/<target>: a few dozen inputs
+# that add the most coverage, the agent's own code first
+# (fold_into_fixtures), so the corpus stays small. A crash is minimised
+# (`cargo fuzz tmin`) into fixtures/fuzz/<target>/crash-<hash>, where the
+# replay test fails until the bug is fixed; the script then exits 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +48,7 @@ seed() {
         } >"$out/fixture-$name"
     done
     { printf '\x01\x01'; tail -c +2 "$out/fixture-spec_examples"; } >"$out/spec_examples-one-byte-at-a-time"
+    # shellcheck disable=SC2016 # `$` starts a line: a byte, not a variable.
     printf '\x00$Q*51\r\n$A,17*6B\r\n$A,0*57\n' >"$out/host-lines"
 
     out=fixtures/fuzz/decode_prolan501
@@ -64,24 +66,25 @@ seed() {
     mkdir -p "$out"
     cp config/epm-agent.toml "$out/shipped-epm-agent.toml"
     cp config/demo.toml "$out/shipped-demo.toml"
-    local agent='[agent]\nid = "shop-017"\ndata_dir = "/tmp/epm"\n'
-    printf "$agent"'colour = "red"\n' >"$out/broken-unknown-key.toml"
+    # broken NAME BODY: an [agent] table, then BODY (with printf %b escapes).
+    broken() {
+        printf '[agent]\nid = "shop-017"\ndata_dir = "/tmp/epm"\n%b' "$2" >"$out/broken-$1.toml"
+    }
+    broken unknown-key 'colour = "red"\n'
     printf '[agent\nid = 1\n' >"$out/broken-syntax.toml"
     printf '[agent]\nlocation = "x"\n' >"$out/broken-missing-id.toml"
-    printf "$agent"'\n[[device]]\nname = "a"\nmodel = "prolan-202"\nport = "auto"\nbaud = 0\nkeymap = { 17 = "yes" }\nusb_vid = "zz"\n' \
-        >"$out/broken-device.toml"
-    printf "$agent"'\n[[sink]]\nname = "s"\nkind = "http"\nurl = "http://10.0.0.1/"\ntoken = "t"\ntoken_env = "T"\n' \
-        >"$out/broken-sink.toml"
-    printf "$agent"'\n[[device]]\nname = "a"\nmodel = "simulator"\n\n[[device]]\nname = "a"\nmodel = "simulator"\nmin_interval_s = nan\n' \
-        >"$out/broken-duplicate-device.toml"
-    printf "$agent"'\n[[device]]\nname = "a"\nmodel = "prolan-501"\nport = "COM3"\nbaud = 299\nkeymap = { 1 = " " }\n' \
-        >"$out/broken-baud.toml"
-    printf "$agent"'\n[[device]]\nname = "s"\nmodel = "simulator"\nsim_remotes = 1001\nsim_presses_per_min = inf\n' \
-        >"$out/broken-simulator.toml"
-    printf "$agent"'\n[[sink]]\nname = "f"\nkind = "file"\npath = "export"\ntimeout_s = 0\n\n[[sink]]\nname = "h"\nkind = "http"\nurl = "https:///batches"\nbatch_size = 10001\n' \
-        >"$out/broken-sinks.toml"
-    printf "$agent"'\n[store]\nretention_days = 0\nmax_size_mb = 15\n\n[log]\nlevel = "epm_agent=loud"\nformat = "xml"\n' \
-        >"$out/broken-store-and-log.toml"
+    broken device '\n[[device]]\nname = "a"\nmodel = "prolan-202"\nport = "auto"\nbaud = 0\nkeymap = { 17 = "yes" }\nusb_vid = "zz"\n'
+    broken sink '\n[[sink]]\nname = "s"\nkind = "http"\nurl = "http://10.0.0.1/"\ntoken = "t"\ntoken_env = "T"\n'
+    broken duplicate-device '\n[[device]]\nname = "a"\nmodel = "simulator"\n\n[[device]]\nname = "a"\nmodel = "simulator"\nmin_interval_s = nan\n'
+    broken baud '\n[[device]]\nname = "a"\nmodel = "prolan-501"\nport = "COM3"\nbaud = 299\nkeymap = { 1 = " " }\n'
+    broken simulator '\n[[device]]\nname = "s"\nmodel = "simulator"\nsim_remotes = 1001\nsim_presses_per_min = inf\n'
+    broken sinks '\n[[sink]]\nname = "f"\nkind = "file"\npath = "export"\ntimeout_s = 0\n'
+    broken http-sink '\n[[sink]]\nname = "h"\nkind = "http"\nurl = "https:///batches"\n'
+    broken file-sink '\n[[sink]]\nname = "f"\nkind = "file"\nformat = "ndjson"\n'
+    broken auto-keys '\n[[device]]\nname = "a"\nmodel = "prolan-202"\nport = "/dev/ttyACM0"\nusb_pid = 22336\nhardware_id = "202A0F31"\n'
+    broken store-and-log '\n[store]\nretention_days = 0\nmax_size_mb = 15\n\n[log]\nlevel = "epm_agent=loud"\nformat = "xml"\n'
+    # Found by a run: a multi-line string as a key, whose name is a space.
+    printf '""" """=A' >"$out/broken-multiline-string-key.toml"
 }
 
 if [[ "${1:-}" == seed ]]; then
