@@ -31,6 +31,9 @@ pub struct AgentSettings {
     pub location: Option<String>,
     /// Absolute, or relative to the configuration file's folder.
     pub data_dir: PathBuf,
+    /// How often an `agent_status` event is sent; `None` sends them only at
+    /// start, stop and device changes.
+    pub status_interval: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -138,24 +141,82 @@ pub struct SinkSettings {
     pub kind: SinkKind,
     pub batch_size: usize,
     pub flush_interval: Duration,
+    /// The cap on the backoff after failures that mean "try later".
     pub max_backoff: Duration,
+    /// How often a paused sink (rejected credentials, wrong URL) tries again.
+    pub paused_retry: Duration,
+}
+
+impl SinkSettings {
+    pub fn pace(&self) -> crate::sink::policy::Pace {
+        crate::sink::policy::Pace {
+            max_backoff: self.max_backoff,
+            paused_retry: self.paused_retry,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum SinkKind {
     Http(HttpSinkSettings),
     File(FileSinkSettings),
+    Postgres(PostgresSinkSettings),
+    Mqtt(MqttSinkSettings),
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpSinkSettings {
     pub url: String,
     pub format: HttpFormat,
-    pub token: TokenSource,
+    pub token: SecretSource,
     pub gzip: bool,
     pub timeout: Duration,
     pub proxy: Option<String>,
     pub ca_file: Option<PathBuf>,
+}
+
+/// `kind = "postgres"`: rows in one table, one transaction per batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PostgresSinkSettings {
+    /// `postgres://user@host:port/database` or key=value pairs; never
+    /// holds a password.
+    pub url: String,
+    /// Whether every host is a loopback address or a Unix socket: only
+    /// then may the connection go without TLS.
+    pub local: bool,
+    pub password: SecretSource,
+    /// `epm_events`, or `schema.table`.
+    pub table: String,
+    pub tls: TlsFiles,
+    pub timeout: Duration,
+}
+
+/// `kind = "mqtt"`: batch documents published with QoS 1.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MqttSinkSettings {
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`; plain `mqtt://` only to a loopback host.
+    pub tls: bool,
+    pub client_id: String,
+    /// With `{agent}` already replaced by the agent id.
+    pub topic: String,
+    pub state_topic: String,
+    pub username: Option<String>,
+    pub password: SecretSource,
+    pub tls_files: TlsFiles,
+    pub max_message_bytes: usize,
+    pub keep_alive: Duration,
+    pub timeout: Duration,
+}
+
+/// Extra trust and a client identity for a TLS connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Extra roots (PEM), besides the system's and the bundled ones.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain and its key (PEM), always together.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,23 +225,24 @@ pub enum HttpFormat {
     Ndjson,
 }
 
-/// Where the bearer token comes from. The token itself is read when the sink
-/// starts and never printed: `Debug` shows only the source.
+/// Where a secret (a bearer token, a password) comes from. The secret
+/// itself is read when the sink starts and never printed: `Debug` shows
+/// only the source.
 #[derive(Clone, PartialEq, Eq)]
-pub enum TokenSource {
+pub enum SecretSource {
     None,
     Inline(String),
     Environment(String),
     File(PathBuf),
 }
 
-impl fmt::Debug for TokenSource {
+impl fmt::Debug for SecretSource {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TokenSource::None => formatter.write_str("None"),
-            TokenSource::Inline(_) => formatter.write_str("Inline(<redacted>)"),
-            TokenSource::Environment(name) => write!(formatter, "Environment({name:?})"),
-            TokenSource::File(path) => write!(formatter, "File({path:?})"),
+            SecretSource::None => formatter.write_str("None"),
+            SecretSource::Inline(_) => formatter.write_str("Inline(<redacted>)"),
+            SecretSource::Environment(name) => write!(formatter, "Environment({name:?})"),
+            SecretSource::File(path) => write!(formatter, "File({path:?})"),
         }
     }
 }
@@ -289,7 +351,13 @@ pub fn warnings(settings: &Settings, path: &Path) -> Vec<String> {
     #[cfg_attr(not(unix), allow(unused_mut))] // only Unix has file modes to warn about
     let mut warnings = Vec::new();
     let holds_token = settings.sinks.iter().any(|sink| {
-        matches!(&sink.kind, SinkKind::Http(http) if matches!(http.token, TokenSource::Inline(_)))
+        let secret = match &sink.kind {
+            SinkKind::Http(http) => &http.token,
+            SinkKind::Postgres(postgres) => &postgres.password,
+            SinkKind::Mqtt(mqtt) => &mqtt.password,
+            SinkKind::File(_) => &SecretSource::None,
+        };
+        matches!(secret, SecretSource::Inline(_))
     });
     #[cfg(unix)]
     if holds_token {
@@ -361,6 +429,7 @@ struct RawAgent {
     id: Spanned<String>,
     location: Option<String>,
     data_dir: Option<Spanned<String>>,
+    status_interval_s: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -403,10 +472,23 @@ struct RawSink {
     flush_interval_ms: Option<Spanned<u64>>,
     max_backoff_s: Option<Spanned<u64>>,
     timeout_s: Option<Spanned<u64>>,
-    gzip: Option<bool>,
+    gzip: Option<Spanned<bool>>,
     proxy: Option<Spanned<String>>,
     ca_file: Option<Spanned<String>>,
-    allow_insecure_http: Option<bool>,
+    allow_insecure_http: Option<Spanned<bool>>,
+    paused_retry_s: Option<Spanned<u64>>,
+    password: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    table: Option<Spanned<String>>,
+    client_cert_file: Option<Spanned<String>>,
+    client_key_file: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    topic: Option<Spanned<String>>,
+    state_topic: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    max_message_bytes: Option<Spanned<u64>>,
+    keep_alive_s: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -435,7 +517,7 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Settings, Invalid> {
     let mut sinks: Vec<SinkSettings> = Vec::with_capacity(raw.sink.len());
     for sink in raw.sink {
         let span = sink.span();
-        let settings = validate_sink(sink.into_inner(), base_dir)?;
+        let settings = validate_sink(sink.into_inner(), &agent.id, base_dir)?;
         if sinks.iter().any(|other| other.name == settings.name) {
             return invalid(
                 span,
@@ -467,6 +549,10 @@ fn validate_agent(raw: RawAgent, base_dir: &Path) -> Result<AgentSettings, Inval
         id,
         location: raw.location,
         data_dir,
+        status_interval: match raw.status_interval_s.unwrap_or(300) {
+            0 => None,
+            seconds => Some(Duration::from_secs(seconds)),
+        },
     })
 }
 
@@ -642,8 +728,97 @@ fn validate_store(raw: RawStore) -> Result<StoreSettings, Invalid> {
     })
 }
 
-fn validate_sink(raw: RawSink, base_dir: &Path) -> Result<SinkSettings, Invalid> {
-    let name = non_empty(raw.name)?;
+/// The keys of a `[[sink]]` beyond name and kind, with the kinds each
+/// applies to: a key given for another kind is an error, not ignored.
+const SINK_KEYS: &[(&str, &[&str])] = &[
+    ("url", &["http", "postgres", "mqtt"]),
+    ("path", &["file"]),
+    ("format", &["http", "file"]),
+    ("token", &["http"]),
+    ("token_env", &["http"]),
+    ("token_file", &["http"]),
+    ("timeout_s", &["http", "postgres", "mqtt"]),
+    ("gzip", &["http"]),
+    ("proxy", &["http"]),
+    ("allow_insecure_http", &["http"]),
+    ("ca_file", &["http", "postgres", "mqtt"]),
+    ("password", &["postgres", "mqtt"]),
+    ("password_env", &["postgres", "mqtt"]),
+    ("password_file", &["postgres", "mqtt"]),
+    ("client_cert_file", &["postgres", "mqtt"]),
+    ("client_key_file", &["postgres", "mqtt"]),
+    ("table", &["postgres"]),
+    ("client_id", &["mqtt"]),
+    ("topic", &["mqtt"]),
+    ("state_topic", &["mqtt"]),
+    ("username", &["mqtt"]),
+    ("max_message_bytes", &["mqtt"]),
+    ("keep_alive_s", &["mqtt"]),
+];
+
+const SINK_KINDS: &[&str] = &["http", "file", "postgres", "mqtt"];
+
+fn spot<T>(value: &Option<Spanned<T>>) -> Option<Range<usize>> {
+    value.as_ref().map(Spanned::span)
+}
+
+impl RawSink {
+    /// Where each key of [`SINK_KEYS`] was given, in that order.
+    fn given_keys(&self) -> [Option<Range<usize>>; 23] {
+        [
+            spot(&self.url),
+            spot(&self.path),
+            spot(&self.format),
+            spot(&self.token),
+            spot(&self.token_env),
+            spot(&self.token_file),
+            spot(&self.timeout_s),
+            spot(&self.gzip),
+            spot(&self.proxy),
+            spot(&self.allow_insecure_http),
+            spot(&self.ca_file),
+            spot(&self.password),
+            spot(&self.password_env),
+            spot(&self.password_file),
+            spot(&self.client_cert_file),
+            spot(&self.client_key_file),
+            spot(&self.table),
+            spot(&self.client_id),
+            spot(&self.topic),
+            spot(&self.state_topic),
+            spot(&self.username),
+            spot(&self.max_message_bytes),
+            spot(&self.keep_alive_s),
+        ]
+    }
+}
+
+fn validate_sink(raw: RawSink, agent_id: &str, base_dir: &Path) -> Result<SinkSettings, Invalid> {
+    let name = non_empty(raw.name.clone())?;
+    let kind_span = raw.kind.span();
+    let Some(&kind) = SINK_KINDS.iter().find(|kind| **kind == raw.kind.get_ref()) else {
+        return invalid(
+            kind_span,
+            format!(
+                "unknown sink kind \"{}\" (expected http, file, postgres or mqtt)",
+                raw.kind.get_ref()
+            ),
+        );
+    };
+    for ((key, kinds), span) in SINK_KEYS.iter().zip(raw.given_keys()) {
+        if let (Some(span), false) = (span, kinds.contains(&kind)) {
+            let article = if kind == "http" { "an" } else { "a" };
+            let applies_to = match kinds.split_last() {
+                Some((last, [])) => last.to_string(),
+                Some((last, others)) => format!("{} and {last}", others.join(", ")),
+                None => String::new(),
+            };
+            return invalid(
+                span,
+                format!("`{key}` applies to {applies_to} sinks, not to {article} {kind} sink"),
+            );
+        }
+    }
     let batch_size = match raw.batch_size {
         Some(size) if !(1..=10_000).contains(size.get_ref()) => {
             return invalid(size.span(), "batch_size must be from 1 to 10000")
@@ -652,85 +827,158 @@ fn validate_sink(raw: RawSink, base_dir: &Path) -> Result<SinkSettings, Invalid>
         None => 500,
     };
     let flush_interval = Duration::from_millis(positive(raw.flush_interval_ms, 1000)?);
-    let max_backoff = Duration::from_secs(positive(raw.max_backoff_s, 300)?);
-    let kind = match raw.kind.get_ref().as_str() {
+    let max_backoff = Duration::from_secs(positive(raw.max_backoff_s, 30)?);
+    let paused_retry = Duration::from_secs(positive(raw.paused_retry_s, 300)?);
+    let timeout = Duration::from_secs(positive(raw.timeout_s, 30)?);
+    let required = |value: Option<Spanned<String>>, what: &str| match value {
+        Some(value) => non_empty(value),
+        None => invalid(
+            kind_span.clone(),
+            format!("{kind} sink \"{name}\" has no `{what}`"),
+        ),
+    };
+    let path_in = |value: Option<Spanned<String>>| -> Result<Option<PathBuf>, Invalid> {
+        Ok(value
+            .map(non_empty)
+            .transpose()?
+            .map(|file| base_dir.join(file)))
+    };
+    let kind = match kind {
         "http" => {
-            if let Some(path) = raw.path {
-                return invalid(
-                    path.span(),
-                    "`path` applies to file sinks; an http sink has `url`",
-                );
-            }
-            let Some(url) = raw.url else {
-                return invalid(
-                    raw.kind.span(),
-                    format!("http sink \"{name}\" has no `url`"),
-                );
-            };
-            let url_span = url.span();
-            let url = non_empty(url)?;
-            check_url(&url, raw.allow_insecure_http.unwrap_or(false))
-                .or_else(|message| invalid(url_span, message))?;
+            let url_span = spot(&raw.url).unwrap_or(kind_span.clone());
+            let url = required(raw.url, "url")?;
+            let allow_insecure = raw.allow_insecure_http.is_some_and(|flag| *flag.get_ref());
+            check_url(&url, allow_insecure).or_else(|message| invalid(url_span, message))?;
             let format = choice(
                 raw.format,
                 "http format",
                 &[("json", HttpFormat::Json), ("ndjson", HttpFormat::Ndjson)],
             )?;
-            let token = token_source(raw.token, raw.token_env, raw.token_file, base_dir)?;
-            HttpSinkSettings {
+            SinkKind::Http(HttpSinkSettings {
                 url,
                 format,
-                token,
-                gzip: raw.gzip.unwrap_or(false),
-                timeout: Duration::from_secs(positive(raw.timeout_s, 30)?),
+                token: secret_source("token", raw.token, raw.token_env, raw.token_file, base_dir)?,
+                gzip: raw.gzip.is_some_and(|flag| *flag.get_ref()),
+                timeout,
                 proxy: raw.proxy.map(non_empty).transpose()?,
-                ca_file: raw
-                    .ca_file
-                    .map(non_empty)
-                    .transpose()?
-                    .map(|file| base_dir.join(file)),
-            }
-            .into()
+                ca_file: path_in(raw.ca_file)?,
+            })
         }
         "file" => {
-            let http_only = [
-                raw.url.as_ref().map(|key| ("url", key.span())),
-                raw.token.as_ref().map(|key| ("token", key.span())),
-                raw.token_env.as_ref().map(|key| ("token_env", key.span())),
-                raw.token_file
-                    .as_ref()
-                    .map(|key| ("token_file", key.span())),
-                raw.proxy.as_ref().map(|key| ("proxy", key.span())),
-                raw.ca_file.as_ref().map(|key| ("ca_file", key.span())),
-                raw.timeout_s.as_ref().map(|key| ("timeout_s", key.span())),
-            ];
-            if let Some((key, span)) = http_only.into_iter().flatten().next() {
-                return invalid(
-                    span,
-                    format!("`{key}` applies to http sinks, not to a file sink"),
-                );
-            }
-            let Some(dir) = raw.path else {
-                return invalid(
-                    raw.kind.span(),
-                    format!("file sink \"{name}\" has no `path` (a folder)"),
-                );
-            };
+            let dir = required(raw.path, "path` (a folder")?;
             let format = choice(
                 raw.format,
                 "file format",
                 &[("csv", FileFormat::Csv), ("ndjson", FileFormat::Ndjson)],
             )?;
             SinkKind::File(FileSinkSettings {
-                dir: base_dir.join(non_empty(dir)?),
+                dir: base_dir.join(dir),
                 format,
             })
         }
-        other => {
-            return invalid(
-                raw.kind.span(),
-                format!("unknown sink kind \"{other}\" (expected http or file)"),
-            )
+        "postgres" => {
+            let url_span = spot(&raw.url).unwrap_or(kind_span.clone());
+            let url = required(raw.url, "url")?;
+            let local = check_postgres_url(&url).or_else(|message| invalid(url_span, message))?;
+            let table = match raw.table {
+                Some(table) if !is_table_name(table.get_ref()) => {
+                    return invalid(
+                        table.span(),
+                        format!(
+                            "\"{}\" is not a table name (letters, digits and _, optionally schema.table)",
+                            table.get_ref()
+                        ),
+                    )
+                }
+                Some(table) => table.into_inner(),
+                None => "epm_events".to_string(),
+            };
+            SinkKind::Postgres(PostgresSinkSettings {
+                url,
+                local,
+                password: secret_source(
+                    "password",
+                    raw.password,
+                    raw.password_env,
+                    raw.password_file,
+                    base_dir,
+                )?,
+                table,
+                tls: tls_files(
+                    raw.ca_file,
+                    raw.client_cert_file,
+                    raw.client_key_file,
+                    base_dir,
+                )?,
+                timeout,
+            })
+        }
+        _ => {
+            let url_span = spot(&raw.url).unwrap_or(kind_span.clone());
+            let url = required(raw.url, "url")?;
+            let (tls, host, port) =
+                parse_mqtt_url(&url).or_else(|message| invalid(url_span, message))?;
+            let topic_of = |value: Option<Spanned<String>>,
+                            default: &str|
+             -> Result<String, Invalid> {
+                let (span, pattern) = match value {
+                    Some(value) => (value.span(), non_empty(value)?),
+                    None => (kind_span.clone(), default.to_string()),
+                };
+                let topic = pattern.replace("{agent}", agent_id);
+                if topic.contains(['+', '#', '\0']) {
+                    return invalid(
+                        span,
+                        format!("the topic \"{topic}\" holds + or #: a sink publishes to one topic, wildcards are for subscribers"),
+                    );
+                }
+                Ok(topic)
+            };
+            let max_message_bytes = match raw.max_message_bytes {
+                Some(bytes) if !(1024..=268_435_455).contains(bytes.get_ref()) => {
+                    return invalid(
+                        bytes.span(),
+                        "max_message_bytes must be from 1024 to 268435455 (MQTT's limit)",
+                    )
+                }
+                Some(bytes) => *bytes.get_ref() as usize,
+                None => 128 * 1024,
+            };
+            let keep_alive_s = match raw.keep_alive_s {
+                Some(seconds) if !(5..=65_535).contains(seconds.get_ref()) => {
+                    return invalid(seconds.span(), "keep_alive_s must be from 5 to 65535")
+                }
+                Some(seconds) => *seconds.get_ref(),
+                None => 30,
+            };
+            SinkKind::Mqtt(MqttSinkSettings {
+                host,
+                port,
+                tls,
+                client_id: match raw.client_id {
+                    Some(id) => non_empty(id)?,
+                    None => agent_id.to_string(),
+                },
+                topic: topic_of(raw.topic, "epm/{agent}/events")?,
+                state_topic: topic_of(raw.state_topic, "epm/{agent}/state")?,
+                username: raw.username.map(non_empty).transpose()?,
+                password: secret_source(
+                    "password",
+                    raw.password,
+                    raw.password_env,
+                    raw.password_file,
+                    base_dir,
+                )?,
+                tls_files: tls_files(
+                    raw.ca_file,
+                    raw.client_cert_file,
+                    raw.client_key_file,
+                    base_dir,
+                )?,
+                max_message_bytes,
+                keep_alive: Duration::from_secs(keep_alive_s),
+                timeout,
+            })
         }
     };
     Ok(SinkSettings {
@@ -739,7 +987,142 @@ fn validate_sink(raw: RawSink, base_dir: &Path) -> Result<SinkSettings, Invalid>
         batch_size,
         flush_interval,
         max_backoff,
+        paused_retry,
     })
+}
+
+fn tls_files(
+    ca_file: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    base_dir: &Path,
+) -> Result<TlsFiles, Invalid> {
+    let client_cert = match (cert_file, key_file) {
+        (Some(cert), Some(key)) => Some((
+            base_dir.join(non_empty(cert)?),
+            base_dir.join(non_empty(key)?),
+        )),
+        (None, None) => None,
+        (Some(one), None) | (None, Some(one)) => {
+            return invalid(
+                one.span(),
+                "client_cert_file and client_key_file go together: give both or neither",
+            );
+        }
+    };
+    Ok(TlsFiles {
+        ca_file: ca_file
+            .map(non_empty)
+            .transpose()?
+            .map(|file| base_dir.join(file)),
+        client_cert,
+    })
+}
+
+/// A PostgreSQL connection string without a password; says whether every
+/// host is local (loopback or a Unix socket), the only case where a plain
+/// connection is allowed.
+fn check_postgres_url(url: &str) -> Result<bool, String> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|error| format!("not a PostgreSQL connection string: {error} (expected postgres://user@host:5432/database)"))?;
+    if config.get_password().is_some() {
+        return Err(
+            "a password in the url is refused (it would show in logs and `ps`): use password_env or password_file"
+                .into(),
+        );
+    }
+    if config.get_user().is_none() {
+        return Err("the url names no user (postgres://user@host:5432/database)".into());
+    }
+    if config.get_hosts().is_empty() {
+        return Err("the url names no host (postgres://user@host:5432/database)".into());
+    }
+    let local = config.get_hosts().iter().all(|host| match host {
+        tokio_postgres::config::Host::Tcp(name) => is_loopback_host(name),
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    });
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable && !local {
+        return Err(
+            "sslmode=disable is allowed only to a loopback address or a Unix socket: presses would cross the network unencrypted"
+                .into(),
+        );
+    }
+    Ok(local)
+}
+
+/// `epm_events` or `schema.epm_events`: plain identifiers only, so the
+/// name can be written into SQL unquoted.
+fn is_table_name(name: &str) -> bool {
+    let identifier = |part: &str| {
+        let mut chars = part.chars();
+        chars
+            .next()
+            .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+            && chars.all(|rest| rest.is_ascii_alphanumeric() || rest == '_')
+            && part.len() <= 63
+    };
+    let mut parts = name.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(table), None, None) => identifier(table),
+        (Some(schema), Some(table), None) => identifier(schema) && identifier(table),
+        _ => false,
+    }
+}
+
+/// `mqtts://host[:port]` or, to a loopback host only, `mqtt://host[:port]`:
+/// (TLS, host, port).
+fn parse_mqtt_url(url: &str) -> Result<(bool, String, u16), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("\"{url}\" is not a URL (expected mqtts://host:8883)"))?;
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "mqtts" | "ssl" => true,
+        "mqtt" | "tcp" => false,
+        other => {
+            return Err(format!(
+                "unsupported scheme \"{other}\" (expected mqtts or mqtt)"
+            ))
+        }
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.contains(['/', '?', '#']) {
+        return Err("an MQTT url has no path: the topic goes into `topic`".into());
+    }
+    if authority.contains('@') {
+        return Err("put the user name into `username` and the password into password_env or password_file, not into the url".into());
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("\"{url}\" has an unclosed [ in its host"))?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!("\"{url}\" has no host"));
+    }
+    let port = match port {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port > 0)
+            .ok_or_else(|| format!("\"{port}\" is not a port number"))?,
+        None if tls => 8883,
+        None => 1883,
+    };
+    if !tls && !is_loopback_host(host) {
+        return Err(format!(
+            "plain mqtt to \"{host}\" would send presses and the password unencrypted: use mqtts://"
+        ));
+    }
+    Ok((tls, host.to_string(), port))
 }
 
 impl From<HttpSinkSettings> for SinkKind {
@@ -786,12 +1169,14 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|address| address.is_loopback())
 }
 
-fn token_source(
+/// A secret from one of `<word>`, `<word>_env` and `<word>_file`.
+fn secret_source(
+    word: &str,
     inline: Option<Spanned<String>>,
     environment: Option<Spanned<String>>,
     file: Option<Spanned<String>>,
     base_dir: &Path,
-) -> Result<TokenSource, Invalid> {
+) -> Result<SecretSource, Invalid> {
     let given = [&inline, &environment, &file]
         .into_iter()
         .flatten()
@@ -800,14 +1185,14 @@ fn token_source(
     if given.len() > 1 {
         return invalid(
             given[1].clone(),
-            "give only one of token, token_env and token_file",
+            format!("give only one of {word}, {word}_env and {word}_file"),
         );
     }
     Ok(match (inline, environment, file) {
-        (Some(token), _, _) => TokenSource::Inline(non_empty(token)?),
-        (_, Some(name), _) => TokenSource::Environment(non_empty(name)?),
-        (_, _, Some(path)) => TokenSource::File(base_dir.join(non_empty(path)?)),
-        _ => TokenSource::None,
+        (Some(token), _, _) => SecretSource::Inline(non_empty(token)?),
+        (_, Some(name), _) => SecretSource::Environment(non_empty(name)?),
+        (_, _, Some(path)) => SecretSource::File(base_dir.join(non_empty(path)?)),
+        _ => SecretSource::None,
     })
 }
 

@@ -1,4 +1,5 @@
-//! The press event of the upload contract (`shared/spec/upload-v1.md`):
+//! The events of the upload contract (`docs/upload.md`), presses and agent
+//! status events:
 //! what a driver hands to the store ([`NewPress`]), what the store holds
 //! once it has committed it and given it an id ([`Event`]), and the lines it
 //! becomes outside (ndjson and csv, for the HTTP sink, the file sink and
@@ -32,15 +33,29 @@ pub struct NewPress {
     pub suppressed: bool,
 }
 
-/// One stored event, exactly the fields of the upload contract.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One stored event, exactly the fields of the upload contract: what every
+/// event has, then the fields of its type.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub id: String,
-    #[serde(rename = "type")]
-    pub event_type: String,
     /// RFC 3339, UTC, milliseconds.
     pub ts: String,
     pub tz_offset_min: i32,
+    pub body: EventBody,
+}
+
+/// What an event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventBody {
+    /// `type = "press"`: a key press.
+    Press(PressFields),
+    /// `type = "agent_status"`: how the agent is, for a central backend.
+    Status(StatusDetail),
+}
+
+/// The press fields of an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PressFields {
     pub device: String,
     pub model: String,
     pub unit: String,
@@ -51,6 +66,91 @@ pub struct Event {
     pub rssi: Option<i8>,
     pub battery: Option<u8>,
     pub suppressed: bool,
+}
+
+/// The `status` object of an `agent_status` event, as the JSON text it was
+/// stored as (written once, sent as it is).
+#[derive(Clone, Debug)]
+pub struct StatusDetail(Box<serde_json::value::RawValue>);
+
+impl StatusDetail {
+    /// Checks that `json` is one JSON object.
+    pub fn from_json(json: String) -> Result<StatusDetail, serde_json::Error> {
+        let raw = serde_json::value::RawValue::from_string(json)?;
+        if !raw.get().starts_with('{') {
+            return Err(serde::de::Error::custom("a status is a JSON object"));
+        }
+        Ok(StatusDetail(raw))
+    }
+
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for StatusDetail {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
+}
+
+impl Eq for StatusDetail {}
+
+/// The `type` of a press event.
+pub const PRESS: &str = "press";
+/// The `type` of an agent status event.
+pub const AGENT_STATUS: &str = "agent_status";
+
+impl Event {
+    /// The contract's `type`.
+    pub fn event_type(&self) -> &'static str {
+        match self.body {
+            EventBody::Press(_) => PRESS,
+            EventBody::Status(_) => AGENT_STATUS,
+        }
+    }
+
+    /// The press fields, when this event is a press.
+    pub fn press(&self) -> Option<&PressFields> {
+        match &self.body {
+            EventBody::Press(press) => Some(press),
+            EventBody::Status(_) => None,
+        }
+    }
+}
+
+/// The contract's object: `id`, `type`, `ts`, `tz_offset_min`, then the
+/// fields of the type (press fields, or `status`). Fields that do not apply
+/// to the type are absent.
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let fields = match self.body {
+            EventBody::Press(_) => 14,
+            EventBody::Status(_) => 5,
+        };
+        let mut object = serializer.serialize_struct("Event", fields)?;
+        object.serialize_field("id", &self.id)?;
+        object.serialize_field("type", self.event_type())?;
+        object.serialize_field("ts", &self.ts)?;
+        object.serialize_field("tz_offset_min", &self.tz_offset_min)?;
+        match &self.body {
+            EventBody::Press(press) => {
+                object.serialize_field("device", &press.device)?;
+                object.serialize_field("model", &press.model)?;
+                object.serialize_field("unit", &press.unit)?;
+                object.serialize_field("key", &press.key)?;
+                object.serialize_field("answer", &press.answer)?;
+                object.serialize_field("question", &press.question)?;
+                object.serialize_field("seq", &press.seq)?;
+                object.serialize_field("rssi", &press.rssi)?;
+                object.serialize_field("battery", &press.battery)?;
+                object.serialize_field("suppressed", &press.suppressed)?;
+            }
+            EventBody::Status(detail) => object.serialize_field("status", &detail.0)?,
+        }
+        object.end()
+    }
 }
 
 /// `2026-11-22T10:15:03.214Z`: the one timestamp format of the store and the
@@ -114,8 +214,10 @@ pub struct CsvLine<'a> {
 }
 
 impl<'a> CsvLine<'a> {
+    /// The line of a press (csv files hold presses only).
     pub fn new(
         event: &'a Event,
+        press: &'a PressFields,
         agent_id: &'a str,
         location: Option<&'a str>,
         line_breaks: LineBreaks,
@@ -129,19 +231,19 @@ impl<'a> CsvLine<'a> {
         };
         CsvLine {
             id: &event.id,
-            event_type: text(&event.event_type),
+            event_type: Cow::Borrowed(event.event_type()),
             ts: &event.ts,
             tz_offset_min: event.tz_offset_min,
-            device: text(&event.device),
-            model: text(&event.model),
-            unit: text(&event.unit),
-            key: event.key,
-            answer: event.answer.as_deref().map(text),
-            question: event.question.as_deref().map(text),
-            seq: event.seq,
-            rssi: event.rssi,
-            battery: event.battery,
-            suppressed: event.suppressed,
+            device: text(&press.device),
+            model: text(&press.model),
+            unit: text(&press.unit),
+            key: press.key,
+            answer: press.answer.as_deref().map(text),
+            question: press.question.as_deref().map(text),
+            seq: press.seq,
+            rssi: press.rssi,
+            battery: press.battery,
+            suppressed: press.suppressed,
             agent_id: text(agent_id),
             location: location.map(text),
         }

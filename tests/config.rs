@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use epm_agent::config::{
-    self, ConfigError, FileFormat, HttpFormat, Model, PortSetting, SinkKind, TokenSource,
+    self, ConfigError, FileFormat, HttpFormat, Model, PortSetting, SecretSource, SinkKind,
 };
 
 const AGENT: &str = "[agent]\nid = \"shop-017\"\ndata_dir = \"/tmp/epm\"\n";
@@ -189,7 +189,7 @@ fn sinks_are_checked() {
         &sink("kind = \"file\"\npath = \"out\"\nurl = \"https://x/\"\n"),
         9,
         "sink[1].url",
-        "applies to http sinks",
+        "applies to http, postgres and mqtt sinks, not to a file sink",
     );
     check_error(
         &sink("kind = \"file\"\npath = \"out\"\nbatch_size = 0\n"),
@@ -235,7 +235,7 @@ fn the_documented_example_is_valid_and_read_as_written() {
     assert_eq!(http.format, HttpFormat::Json);
     assert_eq!(
         http.token,
-        TokenSource::Environment("EPM_REPORTER_TOKEN".into())
+        SecretSource::Environment("EPM_REPORTER_TOKEN".into())
     );
     assert_eq!(
         settings.sinks[0].flush_interval,

@@ -244,7 +244,7 @@ fn a_401_pauses_the_sink_keeps_every_event_and_never_logs_the_token() {
         .iter()
         .filter(|request| request.answer == Answer::Status(401))
         .collect();
-    // Paused on the slow cap (max_backoff_s = 1): about one try a second.
+    // Paused on the slow pace (paused_retry_s = 1): about one try a second.
     assert!(
         (2..=6).contains(&unauthorized.len()),
         "{} requests in {UNAUTHORIZED_FOR:?} of 401s with max_backoff_s = 1\n{}",
@@ -673,8 +673,8 @@ impl SinkConfig {
         };
         let mut text = format!(
             "[[sink]]\nname = \"{}\"\nkind = \"http\"\nurl = \"{}\"\nformat = \"{format}\"\n\
-             batch_size = {}\nflush_interval_ms = 50\nmax_backoff_s = {}\ntimeout_s = {}\ngzip = {}\n",
-            self.name, self.url, self.batch_size, self.max_backoff_s, self.timeout_s, self.gzip
+             batch_size = {}\nflush_interval_ms = 50\nmax_backoff_s = {}\npaused_retry_s = {}\ntimeout_s = {}\ngzip = {}\n",
+            self.name, self.url, self.batch_size, self.max_backoff_s, self.max_backoff_s, self.timeout_s, self.gzip
         );
         match &self.token {
             Token::None => {}

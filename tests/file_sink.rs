@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use epm_agent::config::{FileFormat, FileSinkSettings};
-use epm_agent::event::Event;
+use epm_agent::event::{Event, EventBody, PressFields};
 use epm_agent::sink::file::FileSink;
 use epm_agent::sink::policy::Outcome;
 use epm_agent::sink::{AgentInfo, SinkError};
@@ -55,19 +55,20 @@ fn press(number: u32, ts: &str) -> StoredEvent {
         seqno: i64::from(number),
         event: Event {
             id: format!("01JDA8Z5C6N2V7Q4M3W9XK1T{number:02}"),
-            event_type: "press".into(),
             ts: ts.into(),
             tz_offset_min: 180,
-            device: "вход, \"главный\"".into(),
-            model: "prolan-501".into(),
-            unit: "301A0002".into(),
-            key: 1 + (number % 16) as u8,
-            answer: full.then(|| "да".to_string()),
-            question: full.then(|| "recommend".to_string()),
-            seq: 250 + number as u16,
-            rssi: full.then_some(-61),
-            battery: full.then_some(87),
-            suppressed: !full,
+            body: EventBody::Press(PressFields {
+                device: "вход, \"главный\"".into(),
+                model: "prolan-501".into(),
+                unit: "301A0002".into(),
+                key: 1 + (number % 16) as u8,
+                answer: full.then(|| "да".to_string()),
+                question: full.then(|| "recommend".to_string()),
+                seq: 250 + number as u16,
+                rssi: full.then_some(-61),
+                battery: full.then_some(87),
+                suppressed: !full,
+            }),
         },
     }
 }
@@ -122,21 +123,22 @@ async fn deliver(sink: &mut FileSink, events: &[StoredEvent]) {
 /// The csv fields of an event, written out independently of the sink.
 fn csv_fields(event: &Event) -> Vec<String> {
     let optional = |value: Option<String>| value.unwrap_or_default();
+    let press = event.press().expect("csv files hold presses");
     vec![
         event.id.clone(),
-        event.event_type.clone(),
+        event.event_type().to_string(),
         event.ts.clone(),
         event.tz_offset_min.to_string(),
-        event.device.clone(),
-        event.model.clone(),
-        event.unit.clone(),
-        event.key.to_string(),
-        optional(event.answer.clone()),
-        optional(event.question.clone()),
-        event.seq.to_string(),
-        optional(event.rssi.map(|rssi| rssi.to_string())),
-        optional(event.battery.map(|battery| battery.to_string())),
-        event.suppressed.to_string(),
+        press.device.clone(),
+        press.model.clone(),
+        press.unit.clone(),
+        press.key.to_string(),
+        optional(press.answer.clone()),
+        optional(press.question.clone()),
+        press.seq.to_string(),
+        optional(press.rssi.map(|rssi| rssi.to_string())),
+        optional(press.battery.map(|battery| battery.to_string())),
+        press.suppressed.to_string(),
         "shop-017".into(),
         "Москва, Тверская 7".into(),
     ]

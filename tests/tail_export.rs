@@ -16,7 +16,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 use tempfile::TempDir;
 
-use epm_agent::event::{Event, NewPress};
+use epm_agent::event::{Event, EventBody, NewPress, PressFields};
 use epm_agent::protocol::UnitId;
 use epm_agent::store::{writer, Store, StoreHandle, WriterOptions};
 
@@ -219,21 +219,23 @@ impl ExportedRow {
     fn into_event(self) -> Event {
         assert_eq!(self.agent_id, "shop-017");
         assert_eq!(self.location.as_deref(), Some("Москва, Тверская 7"));
+        assert_eq!(self.event_type, "press");
         Event {
             id: self.id,
-            event_type: self.event_type,
             ts: self.ts,
             tz_offset_min: self.tz_offset_min,
-            device: self.device,
-            model: self.model,
-            unit: self.unit,
-            key: self.key,
-            answer: self.answer,
-            question: self.question,
-            seq: self.seq,
-            rssi: self.rssi,
-            battery: self.battery,
-            suppressed: self.suppressed,
+            body: EventBody::Press(PressFields {
+                device: self.device,
+                model: self.model,
+                unit: self.unit,
+                key: self.key,
+                answer: self.answer,
+                question: self.question,
+                seq: self.seq,
+                rssi: self.rssi,
+                battery: self.battery,
+                suppressed: self.suppressed,
+            }),
         }
     }
 }
@@ -545,30 +547,36 @@ fn forward_lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<
     lines
 }
 
+fn seq_of(event: &Event) -> u16 {
+    event.press().expect("tail shows presses").seq
+}
+
 fn event_from_json(row: &serde_json::Value) -> Event {
     let text = |name: &str| row[name].as_str().map(String::from);
     let number = |name: &str| row[name].as_i64();
+    assert_eq!(text("type").as_deref(), Some("press"));
     Event {
         id: text("id").expect("id"),
-        event_type: text("type").expect("type"),
         ts: text("ts").expect("ts"),
         tz_offset_min: number("tz_offset_min")
             .and_then(|n| i32::try_from(n).ok())
             .expect("tz"),
-        device: text("device").expect("device"),
-        model: text("model").expect("model"),
-        unit: text("unit").expect("unit"),
-        key: number("key")
-            .and_then(|n| u8::try_from(n).ok())
-            .expect("key"),
-        answer: text("answer"),
-        question: text("question"),
-        seq: number("seq")
-            .and_then(|n| u16::try_from(n).ok())
-            .expect("seq"),
-        rssi: number("rssi").and_then(|n| i8::try_from(n).ok()),
-        battery: number("battery").and_then(|n| u8::try_from(n).ok()),
-        suppressed: row["suppressed"].as_bool().expect("suppressed"),
+        body: EventBody::Press(PressFields {
+            device: text("device").expect("device"),
+            model: text("model").expect("model"),
+            unit: text("unit").expect("unit"),
+            key: number("key")
+                .and_then(|n| u8::try_from(n).ok())
+                .expect("key"),
+            answer: text("answer"),
+            question: text("question"),
+            seq: number("seq")
+                .and_then(|n| u16::try_from(n).ok())
+                .expect("seq"),
+            rssi: number("rssi").and_then(|n| i8::try_from(n).ok()),
+            battery: number("battery").and_then(|n| u8::try_from(n).ok()),
+            suppressed: row["suppressed"].as_bool().expect("suppressed"),
+        }),
     }
 }
 
@@ -583,14 +591,14 @@ fn tail_follows_presses_another_writer_adds() {
     );
     // The last two first: tail is now past its starting point.
     let first = [tailing.next_event("the 4th"), tailing.next_event("the 5th")];
-    assert_eq!(first.map(|event| event.seq), [3, 4]);
+    assert_eq!(first.map(|event| seq_of(&event)), [3, 4]);
 
     writer.write([press("2026-11-22T10:00:01Z", 100)]);
-    assert_eq!(tailing.next_event("the first new press").seq, 100);
+    assert_eq!(seq_of(&tailing.next_event("the first new press")), 100);
     // A burst, while tail polls.
     writer.write((101..104).map(|seq| press("2026-11-22T10:00:02Z", seq)));
     let burst: Vec<u16> = (0..3)
-        .map(|_| tailing.next_event("the burst").seq)
+        .map(|_| seq_of(&tailing.next_event("the burst")))
         .collect();
     assert_eq!(burst, [101, 102, 103]);
     tailing.wait_for_exit();
@@ -619,8 +627,8 @@ fn tail_waits_for_the_store_to_be_created() {
     writer.write([press("2026-11-22T10:00:00Z", 7)]);
     writer.write([press("2026-11-22T10:00:05Z", 8)]);
     let seqs = [
-        tailing.next_event("the first press").seq,
-        tailing.next_event("the second press").seq,
+        seq_of(&tailing.next_event("the first press")),
+        seq_of(&tailing.next_event("the second press")),
     ];
     assert_eq!(seqs, [7, 8]);
     tailing.wait_for_exit();

@@ -190,12 +190,17 @@ fn write_events(
             }
             let event = &stored.event;
             match &mut lines {
-                Lines::Csv(csv) => csv.serialize(CsvLine::new(
-                    event,
-                    &agent.id,
-                    agent.location.as_deref(),
-                    LineBreaks::Keep,
-                ))?,
+                // A csv holds presses only; ndjson every event.
+                Lines::Csv(csv) => match event.press() {
+                    Some(press) => csv.serialize(CsvLine::new(
+                        event,
+                        press,
+                        &agent.id,
+                        agent.location.as_deref(),
+                        LineBreaks::Keep,
+                    ))?,
+                    None => continue,
+                },
                 Lines::Ndjson(out) => {
                     let row = NdjsonLine {
                         event,

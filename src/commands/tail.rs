@@ -17,7 +17,7 @@ use anyhow::Context;
 use chrono::{DateTime, FixedOffset};
 
 use crate::config::Settings;
-use crate::event::Event;
+use crate::event::{Event, PressFields};
 use crate::store::{Store, StoredEvent, DATABASE_FILE};
 
 use super::{is_broken_pipe, open_store, stdout_wants_colour};
@@ -206,24 +206,40 @@ impl Printer {
         }
     }
 
+    /// Prints a press; agent status events are not shown.
     fn print(&mut self, event: &Event, out: &mut dyn Write) -> anyhow::Result<()> {
+        let Some(press) = event.press() else {
+            return Ok(());
+        };
         if self.json {
             serde_json::to_writer(&mut *out, event)?;
             writeln!(out)?;
             return Ok(());
         }
-        self.device_width = self.device_width.max(event.device.chars().count());
-        let answer = one_line(event.answer.as_deref().unwrap_or("-"));
+        self.device_width = self.device_width.max(press.device.chars().count());
+        let answer = one_line(press.answer.as_deref().unwrap_or("-"));
         self.answer_width = self.answer_width.max(answer.chars().count());
-        let line = text_line(event, self.device_width, self.answer_width, self.colour);
+        let line = text_line(
+            event,
+            press,
+            self.device_width,
+            self.answer_width,
+            self.colour,
+        );
         writeln!(out, "{line}")?;
         Ok(())
     }
 }
 
 /// `2026-11-22 13:15:03  entrance  301A0002  key  1  yes      recommend  rssi -61  battery 87%`
-fn text_line(event: &Event, device_width: usize, answer_width: usize, colour: bool) -> String {
-    let answer = one_line(event.answer.as_deref().unwrap_or("-"));
+fn text_line(
+    event: &Event,
+    press: &PressFields,
+    device_width: usize,
+    answer_width: usize,
+    colour: bool,
+) -> String {
+    let answer = one_line(press.answer.as_deref().unwrap_or("-"));
     let answer = answer.as_str();
     let padding = " ".repeat(answer_width.saturating_sub(answer.chars().count()));
     let painted_answer = match (colour, answer) {
@@ -232,23 +248,23 @@ fn text_line(event: &Event, device_width: usize, answer_width: usize, colour: bo
         (true, "neutral") => format!("\x1b[33m{answer}\x1b[0m"),
         _ => answer.to_string(),
     };
-    let device = one_line(&event.device);
+    let device = one_line(&press.device);
     let device_padding = " ".repeat(device_width.saturating_sub(device.chars().count()));
     let mut line = format!(
         "{}  {}{device_padding}  {}  key {:>2}  {painted_answer}{padding}  {}",
         local_time(event),
         device,
-        one_line(&event.unit),
-        event.key,
-        one_line(event.question.as_deref().unwrap_or("-")),
+        one_line(&press.unit),
+        press.key,
+        one_line(press.question.as_deref().unwrap_or("-")),
     );
-    if let Some(rssi) = event.rssi {
+    if let Some(rssi) = press.rssi {
         line.push_str(&format!("  rssi {rssi}"));
     }
-    if let Some(battery) = event.battery {
+    if let Some(battery) = press.battery {
         line.push_str(&format!("  battery {battery}%"));
     }
-    if event.suppressed {
+    if press.suppressed {
         line.push_str(if colour {
             "  \x1b[2msuppressed (too soon after the previous press)\x1b[0m"
         } else {
@@ -289,12 +305,8 @@ fn local_time(event: &Event) -> String {
 mod tests {
     use super::*;
 
-    fn event() -> Event {
-        Event {
-            id: "01JDA8Z5C6N2V7Q4M3W9XK1T0B".into(),
-            event_type: "press".into(),
-            ts: "2026-11-22T10:15:03.214Z".into(),
-            tz_offset_min: 180,
+    fn press() -> PressFields {
+        PressFields {
             device: "entrance".into(),
             model: "prolan-501".into(),
             unit: "301A0002".into(),
@@ -308,56 +320,71 @@ mod tests {
         }
     }
 
+    fn event(ts: &str, tz_offset_min: i32, press: PressFields) -> Event {
+        Event {
+            id: "01JDA8Z5C6N2V7Q4M3W9XK1T0B".into(),
+            ts: ts.into(),
+            tz_offset_min,
+            body: crate::event::EventBody::Press(press),
+        }
+    }
+
     fn check(event: Event, device_width: usize, answer_width: usize, expected: &str) {
+        let press = event.press().expect("a press").clone();
         assert_eq!(
-            text_line(&event, device_width, answer_width, false),
+            text_line(&event, &press, device_width, answer_width, false),
             expected
         );
     }
 
     #[test]
     fn text_lines_show_the_shops_local_time_and_what_is_known() {
+        const TS: &str = "2026-11-22T10:15:03.214Z";
         check(
-            event(),
+            event(TS, 180, press()),
             10,
             7,
             "2026-11-22 13:15:03  entrance    301A0002  key  1  yes      recommend  rssi -61  battery 87%",
         );
         check(
-            Event {
-                device: "касса".into(),
-                model: "prolan-202".into(),
-                unit: "202A0F31".into(),
-                key: 12,
-                answer: None,
-                question: None,
-                rssi: None,
-                battery: None,
-                suppressed: true,
-                tz_offset_min: -300,
-                ..event()
-            },
+            event(
+                TS,
+                -300,
+                PressFields {
+                    device: "касса".into(),
+                    model: "prolan-202".into(),
+                    unit: "202A0F31".into(),
+                    key: 12,
+                    answer: None,
+                    question: None,
+                    rssi: None,
+                    battery: None,
+                    suppressed: true,
+                    ..press()
+                },
+            ),
             5,
             0,
             "2026-11-22 05:15:03  касса  202A0F31  key 12  -  -  suppressed (too soon after the previous press)",
         );
         check(
-            Event {
-                ts: "garbage".into(),
-                ..event()
-            },
+            event("garbage", 180, press()),
             0,
             0,
             "garbage  entrance  301A0002  key  1  yes  recommend  rssi -61  battery 87%",
         );
         check(
-            Event {
-                question: Some("первая\nвторая\r".into()),
-                answer: Some("\x1b[2Jyes".into()),
-                rssi: None,
-                battery: None,
-                ..event()
-            },
+            event(
+                TS,
+                180,
+                PressFields {
+                    question: Some("первая\nвторая\r".into()),
+                    answer: Some("\x1b[2Jyes".into()),
+                    rssi: None,
+                    battery: None,
+                    ..press()
+                },
+            ),
             8,
             0,
             "2026-11-22 13:15:03  entrance  301A0002  key  1   [2Jyes  первая вторая ",

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{
     AgentSettings, DeviceSettings, HttpFormat, HttpSinkSettings, LogSettings, Model, PortSetting,
-    Settings, SimulatorSettings, SinkKind, SinkSettings, StoreSettings, TokenSource,
+    SecretSource, Settings, SimulatorSettings, SinkKind, SinkSettings, StoreSettings,
 };
 use crate::daemon;
 use crate::store::{Store, StoreError};
@@ -391,6 +391,7 @@ fn demo_settings(data_dir: PathBuf, devices: Vec<DeviceSettings>, backend_url: &
             id: "demo".to_string(),
             location: Some("epm-agent demo".to_string()),
             data_dir,
+            status_interval: Some(Duration::from_secs(300)),
         },
         devices,
         store: StoreSettings {
@@ -402,7 +403,7 @@ fn demo_settings(data_dir: PathBuf, devices: Vec<DeviceSettings>, backend_url: &
             kind: SinkKind::Http(HttpSinkSettings {
                 url: backend_url.to_string(),
                 format: HttpFormat::Json,
-                token: TokenSource::None,
+                token: SecretSource::None,
                 gzip: true,
                 timeout: Duration::from_secs(5),
                 proxy: None,
@@ -411,6 +412,7 @@ fn demo_settings(data_dir: PathBuf, devices: Vec<DeviceSettings>, backend_url: &
             batch_size: 5,
             flush_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(4),
+            paused_retry: Duration::from_secs(4),
         }],
         log: LogSettings {
             level: "warn".to_string(),
@@ -538,8 +540,9 @@ fn store_summary(data_dir: &Path) -> Result<StoreSummary, StoreError> {
         let (answer, suppressed, presses) = row?;
         tally.add(answer.as_deref(), suppressed, presses);
     }
-    let mut statement = connection
-        .prepare("SELECT device, count(*) FROM events GROUP BY device ORDER BY device")?;
+    let mut statement = connection.prepare(
+        "SELECT device, count(*) FROM events WHERE type = 'press' GROUP BY device ORDER BY device",
+    )?;
     let per_device = statement
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<Result<_, _>>()?;

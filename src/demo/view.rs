@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::Notice;
 use super::{format_iel, Tally, SINK_NAME};
+use crate::event::PressFields;
 use crate::store::{Store, StoreError, StoredEvent};
 
 /// How far the agent has come, as of the view's latest look at the store.
@@ -210,12 +211,11 @@ impl View {
         }
         for stored in &reading.events {
             self.shown_seqno = self.shown_seqno.max(stored.seqno);
-            if stored.event.event_type != "press" {
+            let Some(press) = stored.event.press() else {
                 continue;
-            }
-            self.tally
-                .count(stored.event.answer.as_deref(), stored.event.suppressed);
-            println!("{}", self.press_line(stored, reading.sink.delivered));
+            };
+            self.tally.count(press.answer.as_deref(), press.suppressed);
+            println!("{}", self.press_line(stored, press, reading.sink.delivered));
         }
     }
 
@@ -250,14 +250,13 @@ impl View {
         ))
     }
 
-    fn press_line(&self, stored: &StoredEvent, delivered: u64) -> String {
-        let event = &stored.event;
-        let unit = match event.model.as_str() {
-            "prolan-202" => format!("keypad {}", event.unit),
-            _ => format!("remote {}", event.unit),
+    fn press_line(&self, stored: &StoredEvent, press: &PressFields, delivered: u64) -> String {
+        let unit = match press.model.as_str() {
+            "prolan-202" => format!("keypad {}", press.unit),
+            _ => format!("remote {}", press.unit),
         };
         // The answer, and why it does not count towards the IEL.
-        let (answer, style, note) = match (event.answer.as_deref(), event.suppressed) {
+        let (answer, style, note) = match (press.answer.as_deref(), press.suppressed) {
             (Some(answer), false) => (answer, answer_style(answer), ""),
             (Some(answer), true) => (answer, Style::Dim, "suppressed"),
             (None, suppressed) => (
@@ -275,9 +274,9 @@ impl View {
             .map_or_else(|| "n/a".to_string(), |iel| format!("{iel:+.0}"));
         format!(
             "{}  {:<9} {unit}  key {:<2} {answer} stored {:<4} uploaded {:<4} IEL {}",
-            clock_of(&event.ts),
-            event.device,
-            event.key,
+            clock_of(&stored.event.ts),
+            press.device,
+            press.key,
             self.tally.stored(),
             delivered,
             self.painter.paint(&iel, Style::Bold),

@@ -18,7 +18,8 @@
 //!   written, so it is written again whole.
 //!
 //! Formats:
-//! - csv: a new file starts with a UTF-8 byte order mark (Excel then reads
+//! - csv: presses only (agent status events are skipped: they go into
+//!   ndjson files and the other sinks). A new file starts with a UTF-8 byte order mark (Excel then reads
 //!   Cyrillic right) and the header line; columns in upload-v1 order plus
 //!   `agent_id,location`; null as an empty field; booleans `true`/`false`;
 //!   `,` separator, fields quoted only when needed; lines end with `\n`
@@ -369,11 +370,17 @@ fn format_lines(
             |error: &dyn std::fmt::Display| format!("cannot format event {}: {error}", event.id);
         let bytes = match format {
             FileFormat::Csv => {
+                // A csv file holds presses only: status events are for
+                // ndjson files and the other sinks.
+                let Some(press) = event.press() else {
+                    continue;
+                };
                 // One writer for the batch (it buffers); each line is the
                 // slice its record added.
                 let start = csv.get_ref().len();
                 csv.serialize(CsvLine::new(
                     event,
+                    press,
                     &agent.id,
                     agent.location.as_deref(),
                     LineBreaks::AsSpaces,
@@ -573,19 +580,20 @@ mod tests {
     fn event(ts: &str, tz_offset_min: i32) -> Event {
         Event {
             id: "01JDA8Z5C6N2V7Q4M3W9XK1T0B".into(),
-            event_type: "press".into(),
             ts: ts.into(),
             tz_offset_min,
-            device: "entrance".into(),
-            model: "prolan-501".into(),
-            unit: "301A0002".into(),
-            key: 1,
-            answer: Some("yes".into()),
-            question: None,
-            seq: 258,
-            rssi: Some(-61),
-            battery: None,
-            suppressed: false,
+            body: crate::event::EventBody::Press(crate::event::PressFields {
+                device: "entrance".into(),
+                model: "prolan-501".into(),
+                unit: "301A0002".into(),
+                key: 1,
+                answer: Some("yes".into()),
+                question: None,
+                seq: 258,
+                rssi: Some(-61),
+                battery: None,
+                suppressed: false,
+            }),
         }
     }
 
@@ -611,10 +619,12 @@ mod tests {
             version: "test",
         };
         let event = event("2026-11-22T10:15:03.214Z", 180);
+        let press = event.press().expect("a press");
         let mut writer = csv::Writer::from_writer(Vec::new());
         assert!(writer
             .serialize(CsvLine::new(
                 &event,
+                press,
                 &agent.id,
                 agent.location.as_deref(),
                 LineBreaks::AsSpaces
@@ -632,13 +642,20 @@ mod tests {
 
     #[test]
     fn a_line_break_in_a_csv_field_becomes_a_space() {
-        let mut event = event("2026-11-22T10:15:03.214Z", 180);
-        event.question = Some("да,\r\nнет\n".into());
+        let event = event("2026-11-22T10:15:03.214Z", 180);
+        let mut press = event.press().expect("a press").clone();
+        press.question = Some("да,\r\nнет\n".into());
         let mut writer = csv::WriterBuilder::new()
             .has_headers(false)
             .from_writer(Vec::new());
         assert!(writer
-            .serialize(CsvLine::new(&event, "shop", None, LineBreaks::AsSpaces))
+            .serialize(CsvLine::new(
+                &event,
+                &press,
+                "shop",
+                None,
+                LineBreaks::AsSpaces
+            ))
             .is_ok());
         let written = writer
             .into_inner()

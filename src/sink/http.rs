@@ -1,4 +1,4 @@
-//! HTTP sink: one POST per batch, exactly as `shared/spec/upload-v1.md`
+//! HTTP sink: one POST per batch, exactly as `docs/upload.md`
 //! says — `json` (one batch object) or `ndjson` (one event per line), the
 //! contract's headers with `Idempotency-Key` = batch id, optional gzip,
 //! rustls for TLS (an extra CA file for private backends), a proxy from the
@@ -16,8 +16,8 @@ use reqwest::header::{
 use serde::Serialize;
 
 use super::policy::Outcome;
-use super::{AgentInfo, SinkError};
-use crate::config::{HttpFormat, HttpSinkSettings, TokenSource};
+use super::{secret, AgentInfo, SinkError};
+use crate::config::{HttpFormat, HttpSinkSettings, SecretSource};
 use crate::event::{format_timestamp, Event, NdjsonLine};
 use crate::store::StoredEvent;
 
@@ -44,7 +44,7 @@ pub struct HttpSink {
     url: String,
     format: HttpFormat,
     gzip: bool,
-    token_source: TokenSource,
+    token_source: SecretSource,
     /// The resolved `Authorization` value; `None` when no token is set up
     /// or it could not be read (then `token_error` says why).
     authorization: Option<HeaderValue>,
@@ -108,7 +108,7 @@ impl HttpSink {
 
     /// Reads the token again from its source (environment or file).
     pub fn refresh_token(&mut self) {
-        match resolve_token(&self.token_source) {
+        match secret::resolve(&self.token_source, "token") {
             Ok(Some(token)) => match HeaderValue::from_str(&format!("Bearer {token}")) {
                 Ok(mut value) => {
                     value.set_sensitive(true);
@@ -259,44 +259,6 @@ fn describe_error(error: &reqwest::Error) -> String {
     message
 }
 
-fn resolve_token(source: &TokenSource) -> Result<Option<String>, String> {
-    match source {
-        TokenSource::None => Ok(None),
-        TokenSource::Inline(token) => Ok(Some(token.clone())),
-        TokenSource::Environment(name) => match std::env::var(name) {
-            Ok(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_string())),
-            _ => Err(format!(
-                "token_env {name} is not set in the agent's environment (for the service: an Environment= or EnvironmentFile= line)"
-            )),
-        },
-        TokenSource::File(path) => {
-            warn_if_readable_by_others(path);
-            match std::fs::read_to_string(path) {
-                Ok(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_string())),
-                Ok(_) => Err(format!("token_file {} is empty", path.display())),
-                Err(error) => Err(format!("cannot read token_file {}: {error}", path.display())),
-            }
-        }
-    }
-}
-
-fn warn_if_readable_by_others(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(metadata) = std::fs::metadata(path) {
-            if metadata.permissions().mode() & 0o004 != 0 {
-                tracing::warn!(
-                    "token_file {} is readable by every user: chmod 600 it (or 640 with the service's group)",
-                    path.display()
-                );
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-}
-
 /// The certificates of a PEM file (one CA or a bundle); at least one.
 fn read_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
     let pem = std::fs::read(path)
@@ -341,10 +303,14 @@ mod tests {
 
     #[test]
     fn a_missing_token_variable_names_the_variable_not_a_value() {
-        let error = resolve_token(&TokenSource::Environment(
-            "EPM_TEST_SURELY_UNSET_TOKEN".into(),
-        ))
+        let error = secret::resolve(
+            &SecretSource::Environment("EPM_TEST_SURELY_UNSET_TOKEN".into()),
+            "token",
+        )
         .expect_err("unset variable");
-        assert!(error.contains("EPM_TEST_SURELY_UNSET_TOKEN"), "{error}");
+        assert!(
+            error.contains("token_env EPM_TEST_SURELY_UNSET_TOKEN"),
+            "{error}"
+        );
     }
 }

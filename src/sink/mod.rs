@@ -1,5 +1,5 @@
 //! Delivery of stored events to the configured sinks
-//! (`shared/spec/upload-v1.md`). One task per `[[sink]]`, each with its own
+//! (`docs/upload.md`). One task per `[[sink]]`, each with its own
 //! cursor over the store's events, so a slow or dead sink never holds back
 //! another sink or the ingest path.
 //!
@@ -12,7 +12,11 @@
 
 pub mod file;
 pub mod http;
+pub mod mqtt;
 pub mod policy;
+pub mod postgres;
+pub mod secret;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,6 +69,8 @@ pub enum SinkError {
 pub enum Transport {
     Http(Box<http::HttpSink>),
     File(file::FileSink),
+    Postgres(Box<postgres::PostgresSink>),
+    Mqtt(Box<mqtt::MqttSink>),
 }
 
 impl Transport {
@@ -80,6 +86,14 @@ impl Transport {
                 file,
                 agent,
             )?)),
+            SinkKind::Postgres(postgres) => Ok(Transport::Postgres(Box::new(
+                postgres::PostgresSink::new(&settings.name, postgres, agent)?,
+            ))),
+            SinkKind::Mqtt(mqtt) => Ok(Transport::Mqtt(Box::new(mqtt::MqttSink::new(
+                &settings.name,
+                mqtt,
+                agent,
+            )?))),
         }
     }
 
@@ -87,6 +101,8 @@ impl Transport {
         match self {
             Transport::Http(sink) => sink.deliver(batch_id, events).await,
             Transport::File(sink) => sink.deliver(batch_id, events).await,
+            Transport::Postgres(sink) => sink.deliver(batch_id, events).await,
+            Transport::Mqtt(sink) => sink.deliver(batch_id, events).await,
         }
     }
 
@@ -95,6 +111,8 @@ impl Transport {
     pub fn setup_warning(&self) -> Option<&str> {
         match self {
             Transport::Http(sink) => sink.token_problem(),
+            Transport::Postgres(sink) => sink.password_problem(),
+            Transport::Mqtt(sink) => sink.password_problem(),
             Transport::File(_) => None,
         }
     }
@@ -102,8 +120,11 @@ impl Transport {
     /// After a pause: a rotated token file or a fixed environment is
     /// picked up without restarting the agent.
     fn refresh(&mut self) {
-        if let Transport::Http(sink) = self {
-            sink.refresh_token();
+        match self {
+            Transport::Http(sink) => sink.refresh_token(),
+            Transport::Postgres(sink) => sink.refresh_password(),
+            Transport::Mqtt(sink) => sink.refresh_password(),
+            Transport::File(_) => {}
         }
     }
 }
@@ -270,7 +291,7 @@ impl SinkTask {
         let action = policy::decide(
             &outcome,
             self.failures,
-            self.settings.max_backoff,
+            self.settings.pace(),
             fastrand::f64(),
         );
         let name = self.settings.name.clone();
@@ -315,7 +336,7 @@ impl SinkTask {
                 self.narrow(batch, None, &reason).await?;
             }
             Action::Split { status, reason } => {
-                self.narrow(batch, Some(status), &reason).await?;
+                self.narrow(batch, status, &reason).await?;
             }
         }
         Ok(())
@@ -410,7 +431,7 @@ impl SinkTask {
                 _ = shutdown.cancelled() => return Ok(()),
                 outcome = self.transport.deliver(&batch_id, &events) => outcome,
             };
-            let update = match policy::decide(&outcome, 0, self.settings.max_backoff, 0.0) {
+            let update = match policy::decide(&outcome, 0, self.settings.pace(), 0.0) {
                 Action::Delivered => SinkUpdate::Redelivered {
                     sink: self.settings.name.clone(),
                     seqno,

@@ -1,5 +1,5 @@
 //! What to do after a delivery attempt: the answer table of
-//! `shared/spec/upload-v1.md` as a pure function of the backend's answer,
+//! `docs/upload.md` as a pure function of the backend's answer,
 //! returning an action with its reason. Tested as a table.
 
 use std::fmt;
@@ -8,7 +8,7 @@ use std::time::Duration;
 /// How a delivery attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// 2xx, or the file sink wrote and synced the batch.
+    /// 2xx, a COMMIT, every PUBACK, or the file sink wrote and synced the batch.
     Accepted,
     /// Any other HTTP status.
     Status {
@@ -16,12 +16,19 @@ pub enum Outcome {
         /// `Retry-After`, already turned into a wait (seconds or HTTP date).
         retry_after: Option<Duration>,
     },
-    /// No HTTP answer: refused, reset, timeout, TLS or DNS failure.
+    /// A database answered with an error: its SQLSTATE (`23514`) and message.
+    Database { sqlstate: String, message: String },
+    /// No answer: refused, reset, timeout, TLS or DNS failure, a lost
+    /// connection.
     Transport(String),
+    /// The destination cannot take this content, with no status to say so
+    /// (an event too large for one MQTT message).
+    Rejected(String),
     /// The sink could not do its own part (a file that cannot be written).
     Local(String),
-    /// The sink cannot send as configured (its token cannot be read): like
-    /// a 401, nothing is sent and everything is kept.
+    /// The sink cannot send as configured (its token cannot be read, the
+    /// broker refuses the credentials): like a 401, nothing is sent and
+    /// everything is kept.
     Misconfigured(String),
 }
 
@@ -34,8 +41,8 @@ pub enum Action {
         delay: Duration,
         reason: String,
     },
-    /// The agent is misconfigured (token, URL): keep everything, pause, and
-    /// try the same batch again on the slow cap.
+    /// The agent is misconfigured (token, URL, credentials): keep
+    /// everything, pause, and try the same batch again on the slow cap.
     Pause {
         delay: Duration,
         reason: String,
@@ -44,12 +51,22 @@ pub enum Action {
     Halve {
         reason: String,
     },
-    /// The backend rejects the content: split the batch until the rejected
-    /// events stand alone; a lone rejected event is dead-lettered.
+    /// The destination rejects the content: split the batch until the
+    /// rejected events stand alone; a lone rejected event is dead-lettered
+    /// (with the HTTP status, when there was one).
     Split {
-        status: u16,
+        status: Option<u16>,
         reason: String,
     },
+}
+
+/// How long a sink waits between attempts: `max_backoff` caps the
+/// exponential backoff of "try later" failures, `paused_retry` is the slow
+/// pace of a paused sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pace {
+    pub max_backoff: Duration,
+    pub paused_retry: Duration,
 }
 
 /// The longest `Retry-After` obeyed: a backend asking for a day is more
@@ -57,55 +74,89 @@ pub enum Action {
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// The first retry waits about this long; each further one doubles it.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// A fixed wait (`Retry-After`, a pause) is stretched by up to this share
+/// at random, so a fleet told the same wait does not return at once.
+pub const FIXED_WAIT_SPREAD: f64 = 0.25;
 
 /// Decides after the `attempt`-th failure in a row (0 for the first).
 /// `jitter` in [0, 1) spreads agents that failed together.
-pub fn decide(outcome: &Outcome, attempt: u32, max_backoff: Duration, jitter: f64) -> Action {
-    let backoff = || backoff(attempt, max_backoff, jitter);
+pub fn decide(outcome: &Outcome, attempt: u32, pace: Pace, jitter: f64) -> Action {
+    let retry = |reason: String| Action::Retry {
+        delay: backoff(attempt, pace.max_backoff, jitter),
+        reason,
+    };
+    let pause = |reason: String| Action::Pause {
+        delay: stretch(pace.paused_retry, jitter),
+        reason,
+    };
     match outcome {
         Outcome::Accepted => Action::Delivered,
-        Outcome::Transport(error) => Action::Retry {
-            delay: backoff(),
-            reason: error.clone(),
+        Outcome::Transport(error) | Outcome::Local(error) => retry(error.clone()),
+        Outcome::Misconfigured(error) => pause(error.clone()),
+        Outcome::Rejected(reason) => Action::Split {
+            status: None,
+            reason: reason.clone(),
         },
-        Outcome::Local(error) => Action::Retry {
-            delay: backoff(),
-            reason: error.clone(),
-        },
-        Outcome::Misconfigured(error) => Action::Pause {
-            delay: max_backoff,
-            reason: error.clone(),
-        },
-        Outcome::Status { code, retry_after } => {
-            let reason = StatusText(*code).to_string();
-            match code {
-                200..=299 => Action::Delivered,
-                408 | 425 | 429 | 500..=599 => Action::Retry {
-                    delay: retry_after.map_or_else(backoff, |wait| wait.min(MAX_RETRY_AFTER)),
-                    reason,
-                },
-                401 | 403 | 404 | 405 => Action::Pause {
-                    delay: max_backoff,
-                    reason: format!("{reason}: check the sink's url and token"),
-                },
-                300..=399 => Action::Pause {
-                    delay: max_backoff,
-                    reason: format!(
-                        "{reason}: the backend redirects; put the final url in the config"
-                    ),
-                },
-                413 => Action::Halve { reason },
-                400..=499 => Action::Split {
-                    status: *code,
-                    reason,
-                },
-                // 1xx or nonsense: nothing to conclude from it.
-                _ => Action::Retry {
-                    delay: backoff(),
+        Outcome::Database { sqlstate, message } => {
+            let reason = format!("PostgreSQL error {sqlstate}: {message}");
+            match sqlstate_verdict(sqlstate) {
+                SqlVerdict::TryLater => retry(reason),
+                SqlVerdict::Misconfigured => pause(format!(
+                    "{reason}: check the sink's user, password, table and privileges"
+                )),
+                SqlVerdict::Rejected => Action::Split {
+                    status: None,
                     reason,
                 },
             }
         }
+        Outcome::Status { code, retry_after } => {
+            let reason = StatusText(*code).to_string();
+            match code {
+                200..=299 => Action::Delivered,
+                408 | 425 | 429 | 500..=599 => match retry_after {
+                    // A wait under a second (`Retry-After: 0`, a date in
+                    // the past) says nothing: the usual backoff, no spin.
+                    Some(wait) if *wait >= FIRST_BACKOFF => Action::Retry {
+                        delay: stretch((*wait).min(MAX_RETRY_AFTER), jitter),
+                        reason,
+                    },
+                    _ => retry(reason),
+                },
+                401 | 403 | 404 | 405 => pause(format!("{reason}: check the sink's url and token")),
+                300..=399 => pause(format!(
+                    "{reason}: the backend redirects; put the final url in the config"
+                )),
+                413 => Action::Halve { reason },
+                400..=499 => Action::Split {
+                    status: Some(*code),
+                    reason,
+                },
+                // 1xx or nonsense: nothing to conclude from it.
+                _ => retry(reason),
+            }
+        }
+    }
+}
+
+/// What a SQLSTATE means for the batch (upload contract, PostgreSQL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SqlVerdict {
+    TryLater,
+    Misconfigured,
+    Rejected,
+}
+
+/// Class 28 (authentication) and 42 (missing table or column, privilege)
+/// are the sink's configuration; 22 (data) and 23 (constraints) reject the
+/// content; everything else — 08 (connection), 40001, 40P01, 53
+/// (resources), 57P01-57P03 (shutdown), and what the contract does not
+/// name — is worth trying again.
+pub fn sqlstate_verdict(sqlstate: &str) -> SqlVerdict {
+    match sqlstate.get(..2) {
+        Some("28" | "42") => SqlVerdict::Misconfigured,
+        Some("22" | "23") => SqlVerdict::Rejected,
+        _ => SqlVerdict::TryLater,
     }
 }
 
@@ -115,6 +166,11 @@ pub fn backoff(attempt: u32, max_backoff: Duration, jitter: f64) -> Duration {
     let exponential = FIRST_BACKOFF.saturating_mul(1u32 << attempt.min(20));
     let capped = exponential.min(max_backoff);
     capped / 2 + capped.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// A fixed wait, waited in full plus up to [`FIXED_WAIT_SPREAD`] more.
+pub fn stretch(wait: Duration, jitter: f64) -> Duration {
+    wait + wait.mul_f64(FIXED_WAIT_SPREAD * jitter.clamp(0.0, 1.0))
 }
 
 /// `HTTP 503 Service Unavailable`.
@@ -136,7 +192,12 @@ impl fmt::Display for StatusText {
 mod tests {
     use super::*;
 
-    const CAP: Duration = Duration::from_secs(300);
+    const CAP: Duration = Duration::from_secs(30);
+    const SLOW: Duration = Duration::from_secs(300);
+    const PACE: Pace = Pace {
+        max_backoff: CAP,
+        paused_retry: SLOW,
+    };
 
     fn status(code: u16) -> Outcome {
         Outcome::Status {
@@ -156,7 +217,7 @@ mod tests {
     }
 
     fn check(outcome: Outcome, attempt: u32, expected: Kind) {
-        let kind = match decide(&outcome, attempt, CAP, 0.0) {
+        let kind = match decide(&outcome, attempt, PACE, 0.0) {
             Action::Delivered => Kind::Delivered,
             Action::Retry { delay, .. } => Kind::Retry(delay),
             Action::Pause { delay, .. } => Kind::Pause(delay),
@@ -184,12 +245,12 @@ mod tests {
         check(
             Outcome::Misconfigured("token_env X is not set".into()),
             0,
-            Kind::Pause(CAP),
+            Kind::Pause(SLOW),
         );
         for code in [401, 403, 404, 405] {
-            check(status(code), 0, Kind::Pause(CAP));
+            check(status(code), 0, Kind::Pause(SLOW));
         }
-        check(status(301), 0, Kind::Pause(CAP));
+        check(status(301), 0, Kind::Pause(SLOW));
         check(status(413), 0, Kind::Halve);
         for code in [400, 402, 409, 410, 415, 422, 451] {
             check(status(code), 0, Kind::Split);
@@ -206,6 +267,9 @@ mod tests {
         check(with(1), 5, Kind::Retry(Duration::from_secs(1)));
         check(with(120), 0, Kind::Retry(Duration::from_secs(120)));
         check(with(86_400), 0, Kind::Retry(MAX_RETRY_AFTER));
+        // Nothing to obey: the usual backoff, never a zero-delay loop.
+        check(with(0), 0, Kind::Retry(Duration::from_millis(500)));
+        check(with(0), 3, Kind::Retry(Duration::from_secs(4)));
         let too_many = Outcome::Status {
             code: 429,
             retry_after: Some(Duration::from_secs(7)),
@@ -219,6 +283,7 @@ mod tests {
         assert_eq!(steps[0], Duration::from_millis(500));
         assert_eq!(steps[1], Duration::from_secs(1));
         assert_eq!(steps[4], Duration::from_secs(8));
+        assert_eq!(steps[6], CAP / 2);
         assert_eq!(steps[11], CAP / 2);
         assert_eq!(backoff(3, CAP, 0.999_999).as_millis(), 7_999);
         assert_eq!(
@@ -229,8 +294,46 @@ mod tests {
     }
 
     #[test]
+    fn sqlstates_map_onto_retry_pause_and_dead_letter() {
+        let database = |sqlstate: &str| Outcome::Database {
+            sqlstate: sqlstate.into(),
+            message: "from the server".into(),
+        };
+        let first = Duration::from_millis(500);
+        for sqlstate in [
+            "08006", "08001", "40001", "40P01", "53300", "53100", "57P01", "57P02", "57P03",
+            "XX000", "55P03",
+        ] {
+            check(database(sqlstate), 0, Kind::Retry(first));
+        }
+        for sqlstate in ["28P01", "28000", "42P01", "42501", "42703"] {
+            check(database(sqlstate), 0, Kind::Pause(SLOW));
+        }
+        for sqlstate in ["23514", "23502", "22001", "22P02"] {
+            check(database(sqlstate), 0, Kind::Split);
+        }
+        check(Outcome::Rejected("too large".into()), 0, Kind::Split);
+    }
+
+    #[test]
+    fn fixed_waits_are_waited_in_full_plus_up_to_a_quarter() {
+        let with = |seconds| Outcome::Status {
+            code: 503,
+            retry_after: Some(Duration::from_secs(seconds)),
+        };
+        let delay = |outcome: &Outcome, jitter| match decide(outcome, 0, PACE, jitter) {
+            Action::Retry { delay, .. } | Action::Pause { delay, .. } => delay,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(delay(&with(4), 0.0), Duration::from_secs(4));
+        assert_eq!(delay(&with(4), 0.5), Duration::from_millis(4500));
+        assert_eq!(delay(&with(4), 1.0), Duration::from_secs(5));
+        assert_eq!(delay(&status(401), 1.0), SLOW + SLOW / 4);
+    }
+
+    #[test]
     fn reasons_name_the_status() {
-        let Action::Pause { reason, .. } = decide(&status(401), 0, CAP, 0.5) else {
+        let Action::Pause { reason, .. } = decide(&status(401), 0, PACE, 0.5) else {
             panic!("401 pauses")
         };
         assert!(reason.starts_with("HTTP 401 Unauthorized"), "{reason}");

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::event::Event;
+use crate::event::{Event, EventBody, PressFields, StatusDetail, AGENT_STATUS};
 use crate::protocol::UnitId;
 
 pub use writer::{
@@ -166,6 +166,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE store_state ADD COLUMN dropped_presses INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE daemon ADD COLUMN clock_jump_at TEXT;
     ALTER TABLE daemon ADD COLUMN clock_jump_s INTEGER;",
+    // 4: agent status events share the events table (one stream, one
+    // cursor per sink); their press columns hold neutral values and the
+    // `status` object is kept as JSON text.
+    "ALTER TABLE events ADD COLUMN status TEXT;",
 ];
 
 /// A connection to the store, for reading (or, inside the writer, writing).
@@ -231,16 +235,24 @@ pub struct InFlightBatch {
     pub last_seqno: i64,
 }
 
-const EVENT_COLUMNS: &str = "seqno, id, type, ts, tz_offset_min, device, model, unit, key, answer, question, seq, rssi, battery, suppressed";
+const EVENT_COLUMNS: &str = "seqno, id, type, ts, tz_offset_min, device, model, unit, key, answer, question, seq, rssi, battery, suppressed, status";
+/// How many columns [`EVENT_COLUMNS`] names: a query may select more after them.
+const EVENT_COLUMN_COUNT: usize = 16;
 
 fn stored_event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
-    Ok(StoredEvent {
-        seqno: row.get(0)?,
-        event: Event {
-            id: row.get(1)?,
-            event_type: row.get(2)?,
-            ts: row.get(3)?,
-            tz_offset_min: row.get(4)?,
+    let event_type: String = row.get(2)?;
+    let body = if event_type == AGENT_STATUS {
+        let json: String = row.get(15)?;
+        let detail = StatusDetail::from_json(json).map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(
+                15,
+                rusqlite::types::Type::Text,
+                Box::new(error),
+            )
+        })?;
+        EventBody::Status(detail)
+    } else {
+        EventBody::Press(PressFields {
             device: row.get(5)?,
             model: row.get(6)?,
             unit: row.get(7)?,
@@ -251,8 +263,63 @@ fn stored_event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEven
             rssi: row.get(12)?,
             battery: row.get(13)?,
             suppressed: row.get(14)?,
+        })
+    };
+    Ok(StoredEvent {
+        seqno: row.get(0)?,
+        event: Event {
+            id: row.get(1)?,
+            ts: row.get(3)?,
+            tz_offset_min: row.get(4)?,
+            body,
         },
     })
+}
+
+/// Writes `event` as a new row (ignored when its id is stored already);
+/// returns how many rows it added. The writer's press path has its own
+/// statement, straight from a `NewPress`.
+fn insert_event(connection: &Connection, event: &Event, ts_ms: i64) -> rusqlite::Result<usize> {
+    let mut statement = connection.prepare_cached(
+        "INSERT INTO events (id, type, ts, ts_ms, tz_offset_min, device, model, unit, key,
+                             answer, question, seq, rssi, battery, suppressed, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+         ON CONFLICT (id) DO NOTHING",
+    )?;
+    let no_press = PressFields {
+        device: String::new(),
+        model: String::new(),
+        unit: String::new(),
+        key: 0,
+        answer: None,
+        question: None,
+        seq: 0,
+        rssi: None,
+        battery: None,
+        suppressed: false,
+    };
+    let (press, status) = match &event.body {
+        EventBody::Press(press) => (press, None),
+        EventBody::Status(detail) => (&no_press, Some(detail.json())),
+    };
+    statement.execute(params![
+        event.id,
+        event.event_type(),
+        event.ts,
+        ts_ms,
+        event.tz_offset_min,
+        press.device,
+        press.model,
+        press.unit,
+        press.key,
+        press.answer,
+        press.question,
+        press.seq,
+        press.rssi,
+        press.battery,
+        press.suppressed,
+        status,
+    ])
 }
 
 /// A press as the duplicate filter needs it after a restart.

@@ -35,7 +35,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 use ulid::Ulid;
 
-use super::{stored_event_from_row, Store, StoreError, StoredEvent, DATABASE_FILE, EVENT_COLUMNS};
+use super::{
+    insert_event, stored_event_from_row, Store, StoreError, StoredEvent, DATABASE_FILE,
+    EVENT_COLUMNS, EVENT_COLUMN_COUNT,
+};
 use crate::event::format_timestamp;
 
 /// Most findings of `PRAGMA quick_check` quoted in the error.
@@ -274,10 +277,16 @@ fn salvage_from(source: &Connection, store: &Store) -> Salvage {
     }
     // NOT INDEXED: the table's own b-tree, in seqno order; a damaged index
     // must not hide intact rows.
-    let mut statement = match source.prepare(&format!(
-        "SELECT {EVENT_COLUMNS}, ts_ms FROM events NOT INDEXED
-         WHERE seqno > ?1 AND seqno <= ?2 ORDER BY seqno LIMIT ?3"
-    )) {
+    // A store damaged before migration 4 ran has no `status` column (and
+    // so no status events): read it as NULL.
+    let select = |columns: &str| {
+        source.prepare(&format!(
+            "SELECT {columns}, ts_ms FROM events NOT INDEXED
+             WHERE seqno > ?1 AND seqno <= ?2 ORDER BY seqno LIMIT ?3"
+        ))
+    };
+    let older_columns = EVENT_COLUMNS.replace(", status", ", NULL AS status");
+    let mut statement = match select(EVENT_COLUMNS).or_else(|_| select(&older_columns)) {
         Ok(statement) => statement,
         Err(error) => {
             salvage.stopped_by = Some(format!("the events table cannot be read: {error}"));
@@ -383,10 +392,10 @@ fn read_events(
 /// with `ts_ms`. A page SQLite misreads must not invent an event.
 fn salvaged_event(row: &rusqlite::Row<'_>) -> Option<SalvagedEvent> {
     let event = stored_event_from_row(row).ok()?;
-    let ts_ms: i64 = row.get(15).ok()?;
+    let ts_ms: i64 = row.get(EVENT_COLUMN_COUNT).ok()?;
     Ulid::from_string(&event.event.id).ok()?;
     let ts = DateTime::parse_from_rfc3339(&event.event.ts).ok()?;
-    if ts.timestamp_millis() != ts_ms || event.event.event_type.is_empty() {
+    if ts.timestamp_millis() != ts_ms {
         return None;
     }
     Some(SalvagedEvent { event, ts_ms })
@@ -424,31 +433,8 @@ fn write_events(
     let transaction = store.connection.unchecked_transaction()?;
     let mut inserted = 0u64;
     {
-        let mut statement = transaction.prepare_cached(
-            "INSERT INTO events (id, type, ts, ts_ms, tz_offset_min, device, model, unit, key,
-                                 answer, question, seq, rssi, battery, suppressed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-             ON CONFLICT (id) DO NOTHING",
-        )?;
         for SalvagedEvent { event, ts_ms } in events {
-            let event = &event.event;
-            inserted += statement.execute(params![
-                event.id,
-                event.event_type,
-                event.ts,
-                ts_ms,
-                event.tz_offset_min,
-                event.device,
-                event.model,
-                event.unit,
-                event.key,
-                event.answer,
-                event.question,
-                event.seq,
-                event.rssi,
-                event.battery,
-                event.suppressed,
-            ])? as u64;
+            inserted += insert_event(&transaction, &event.event, *ts_ms)? as u64;
         }
     }
     transaction.execute(

@@ -32,7 +32,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use ulid::Ulid;
 
 use super::{LinkCounters, Store, StoreError};
-use crate::event::{format_timestamp, NewPress};
+use crate::event::{
+    format_timestamp, local_offset_minutes, Event, EventBody, NewPress, StatusDetail,
+};
 use crate::protocol::UnitId;
 
 /// Presses the writer keeps in memory while the store cannot be written.
@@ -153,6 +155,8 @@ enum Command {
     Flush(oneshot::Sender<()>),
     /// Answered once the update is committed.
     Sink(SinkUpdate, oneshot::Sender<()>),
+    /// An `agent_status` event; answered once committed.
+    Status(DateTime<Utc>, StatusDetail, oneshot::Sender<()>),
     /// Answered with how many events were deleted, once committed.
     Prune(Prune, oneshot::Sender<u64>),
     /// Whether undelivered events alone exceed `max_size_mb`; answered
@@ -296,6 +300,14 @@ impl StoreHandle {
     }
 
     /// Commits a sink's progress and waits until it is durable.
+    /// Stores an `agent_status` event (it gets its id at commit, in store
+    /// order with the presses) and waits until it is committed.
+    pub async fn agent_status(&self, detail: StatusDetail) -> Result<(), StoreError> {
+        let (done, committed) = oneshot::channel();
+        self.send(Command::Status(Utc::now(), detail, done)).await?;
+        committed.await.map_err(|_| StoreError::WriterGone)
+    }
+
     pub async fn update_sink(&self, update: SinkUpdate) -> Result<(), StoreError> {
         let (done, committed) = oneshot::channel();
         self.send(Command::Sink(update, done)).await?;
@@ -496,6 +508,8 @@ struct Pending {
     over_cap_replies: Vec<oneshot::Sender<()>>,
     /// Sink updates and prunes, in the order they came.
     requests: Vec<Request>,
+    /// Agent status events, in the order they came (a few an hour).
+    statuses: Vec<(DateTime<Utc>, StatusDetail, oneshot::Sender<()>)>,
     /// Answered once this many presses are committed (after a commit).
     flushes: Vec<(u64, oneshot::Sender<()>)>,
 }
@@ -546,6 +560,7 @@ impl Pending {
             || !self.daemon.is_empty()
             || self.over_cap.is_some()
             || !self.requests.is_empty()
+            || !self.statuses.is_empty()
             || !self.flushes.is_empty()
     }
 
@@ -701,6 +716,7 @@ impl Writer {
             Command::Daemon(report) => self.pending.add_daemon(report),
             Command::Flush(done) => self.pending.flushes.push((self.accepted_presses, done)),
             Command::Sink(update, done) => self.pending.requests.push(Request::Sink(update, done)),
+            Command::Status(at, detail, done) => self.pending.statuses.push((at, detail, done)),
             Command::Prune(prune, done) => self.pending.requests.push(Request::Prune(prune, done)),
             Command::OverCap(over, done) => {
                 self.pending.over_cap = Some(over);
@@ -777,6 +793,9 @@ impl Writer {
         self.pending.daemon.clear();
         self.pending.over_cap = None;
         for done in self.pending.over_cap_replies.drain(..) {
+            let _ = done.send(());
+        }
+        for (_, _, done) in self.pending.statuses.drain(..) {
             let _ = done.send(());
         }
         let mut pruned = written.pruned.into_iter();
@@ -897,9 +916,20 @@ impl Writer {
             unit.0 += 1;
             unit.1 = press;
         }
+        for (at, detail, _) in &self.pending.statuses {
+            last_id = next_id(last_id, SystemTime::now());
+            let event = Event {
+                id: last_id.to_string(),
+                ts: format_timestamp(*at),
+                tz_offset_min: local_offset_minutes(),
+                body: EventBody::Status(detail.clone()),
+            };
+            super::insert_event(&transaction, &event, at.timestamp_millis())?;
+        }
         // Read before any other insert: an upsert that inserts a device or
         // unit row moves `last_insert_rowid` too.
-        let newest_seqno = (take > 0).then(|| transaction.last_insert_rowid());
+        let inserted_events = take > 0 || !self.pending.statuses.is_empty();
+        let newest_seqno = inserted_events.then(|| transaction.last_insert_rowid());
         for report in self.pending.devices.values() {
             upsert_device(&transaction, report)?;
         }
