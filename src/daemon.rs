@@ -18,10 +18,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent_status::{self, Reason, Reporter};
 use crate::clock::ClockWatch;
 use crate::config::{self, DeviceSettings, Settings, SinkSettings, StoreSettings};
 use crate::driver::{self, Restored};
@@ -31,6 +34,10 @@ use crate::store::{retention, writer, Store, StoreError, StoreHandle, WriterOpti
 
 /// How often the daemon tells the store it is alive (read by `status`).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// At a stop: how long storing the stop's status event, and then its
+/// delivery by the sinks that are delivering, may each take.
+const STOP_EVENT_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs the agent until `shutdown` is cancelled, with no reloads.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -75,6 +82,10 @@ struct Supervisor {
     settings: Settings,
     store: StoreHandle,
     shutdown: CancellationToken,
+    /// Sinks stop after the rest, so the stop's status event can go out.
+    sinks_shutdown: CancellationToken,
+    /// The settings applied last, for the status events.
+    applied: watch::Sender<Arc<Settings>>,
     /// A task that fails reports here (only a dead store makes one fail).
     failures: mpsc::UnboundedSender<(String, StoreError)>,
     devices: HashMap<String, Running<DeviceSettings>>,
@@ -105,17 +116,32 @@ async fn supervise(
     handle.daemon_started().await?;
 
     let (failures, mut failed) = mpsc::unbounded_channel();
+    let (applied, applied_settings) = watch::channel(Arc::new(settings.clone()));
     let mut supervisor = Supervisor {
         settings: empty_like(&settings),
         store: handle.clone(),
         shutdown: shutdown.clone(),
+        sinks_shutdown: CancellationToken::new(),
+        applied,
         failures,
         devices: HashMap::new(),
         sinks: HashMap::new(),
         housekeeping: None,
     };
     supervisor.apply(settings, transports).await?;
-    let heartbeat = tokio::spawn(heartbeat(handle.clone(), data_dir, shutdown.clone()));
+    let status_events = supervisor.spawn(
+        "status events".into(),
+        agent_status::run(
+            applied_settings,
+            Reporter::new(data_dir.clone(), handle.clone()),
+            shutdown.child_token(),
+        ),
+    );
+    let heartbeat = tokio::spawn(heartbeat(
+        handle.clone(),
+        data_dir.clone(),
+        shutdown.clone(),
+    ));
     notify::ready();
 
     let mut failure = None;
@@ -136,7 +162,10 @@ async fn supervise(
     }
     notify::stopping();
     shutdown.cancel();
-    supervisor.stop_all().await;
+    let _ = status_events.await;
+    supervisor
+        .stop_all(Reporter::new(data_dir, handle.clone()))
+        .await;
     let _ = heartbeat.await;
     let stopped = handle.daemon_stopped().await;
     drop(supervisor);
@@ -280,7 +309,7 @@ impl Supervisor {
             let Some(transport) = transports.remove(&sink.name) else {
                 continue; // unchanged and running
             };
-            let stop = self.shutdown.child_token();
+            let stop = self.sinks_shutdown.child_token();
             let task = sink::run(
                 sink.clone(),
                 transport,
@@ -327,6 +356,7 @@ impl Supervisor {
             sinks = self.sinks.len(),
             "configuration applied"
         );
+        self.applied.send_replace(Arc::new(new.clone()));
         self.settings = new;
         Ok(())
     }
@@ -344,12 +374,52 @@ impl Supervisor {
         })
     }
 
-    async fn stop_all(&mut self) {
+    /// Stops the devices (their last state is committed), stores the
+    /// stop's status event and gives the sinks that are delivering a
+    /// moment to send it, then stops the sinks.
+    async fn stop_all(&mut self, mut reporter: Reporter) {
         let devices = self.devices.drain().map(|(_, running)| running.cancel());
-        let sinks = self.sinks.drain().map(|(_, running)| running.cancel());
-        futures_util::future::join_all(devices.chain(sinks).collect::<Vec<_>>()).await;
+        futures_util::future::join_all(devices.collect::<Vec<_>>()).await;
         if let Some(running) = self.housekeeping.take() {
             running.stop().await;
+        }
+        let settings = Arc::new(self.settings.clone());
+        let stored = tokio::time::timeout(STOP_EVENT_WAIT, reporter.emit(settings, Reason::Stop));
+        match stored.await {
+            Ok(Ok(_)) => {
+                let data_dir = reporter.data_dir().to_path_buf();
+                drop(reporter);
+                self.wait_for_sinks(data_dir).await;
+            }
+            Ok(Err(error)) => tracing::warn!("the stop's status event is not stored: {error}"),
+            Err(_) => tracing::warn!(
+                "the stop's status event is not stored: the store did not take it within {STOP_EVENT_WAIT:?}"
+            ),
+        }
+        self.sinks_shutdown.cancel();
+        let sinks = self.sinks.drain().map(|(_, running)| running.cancel());
+        futures_util::future::join_all(sinks.collect::<Vec<_>>()).await;
+    }
+
+    /// Waits (up to [`STOP_EVENT_WAIT`]) until every sink that is
+    /// delivering has passed the newest event; a sink that is retrying or
+    /// paused sends it at the next start.
+    async fn wait_for_sinks(&self, data_dir: PathBuf) {
+        let newest = *self.store.committed_seqno().borrow();
+        let names: Vec<String> = self.sinks.keys().cloned().collect();
+        let deadline = tokio::time::Instant::now() + STOP_EVENT_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let data_dir = data_dir.clone();
+            let names = names.clone();
+            let behind = tokio::task::spawn_blocking(move || {
+                Store::open_reader(&data_dir)?.sinks_behind(&names, newest)
+            })
+            .await;
+            match behind {
+                Ok(Ok(behind)) if behind.is_empty() => return,
+                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => return,
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Devices on serial ports → codecs → drivers (duplicates, keymap,
 //! anti-spam) → the SQLite write-ahead store. See ARCHITECTURE.md.
 
+pub mod agent_status;
 pub mod clock;
 pub mod commands;
 pub mod config;

@@ -40,7 +40,11 @@ fn stored_events(dir: &Path) -> i64 {
         OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .and_then(|connection| {
-        connection.query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+        connection.query_row(
+            "SELECT count(*) FROM events WHERE type = 'press'",
+            [],
+            |row| row.get(0),
+        )
     })
     .unwrap_or(0)
 }
@@ -76,7 +80,7 @@ fn sigterm_stops_cleanly_with_consistent_counters() {
     assert!(stderr.contains("everything read was committed"), "{stderr}");
 
     let store = open(dir.path());
-    let events = count(&store, "SELECT count(*) FROM events");
+    let events = count(&store, "SELECT count(*) FROM events WHERE type = 'press'");
     assert_eq!(
         count(&store, "SELECT presses FROM devices WHERE name = 'sim'"),
         events
@@ -89,13 +93,16 @@ fn sigterm_stops_cleanly_with_consistent_counters() {
         events
     );
     assert_eq!(
-        count(&store, "SELECT count(DISTINCT id) FROM events"),
+        count(
+            &store,
+            "SELECT count(DISTINCT id) FROM events WHERE type = 'press'"
+        ),
         events
     );
     assert_eq!(
         count(
             &store,
-            "SELECT count(*) FROM (SELECT DISTINCT unit, seq FROM events)"
+            "SELECT count(*) FROM (SELECT DISTINCT unit, seq FROM events WHERE type = 'press')"
         ),
         events,
         "no (unit, seq) stored twice"

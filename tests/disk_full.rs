@@ -615,7 +615,7 @@ mod daemon {
         let connection = reader(&data_dir);
         let (events, counted): (i64, i64) = connection
             .query_row(
-                "SELECT (SELECT count(*) FROM events), (SELECT sum(presses) FROM devices)",
+                "SELECT (SELECT count(*) FROM events WHERE type = 'press'), (SELECT sum(presses) FROM devices)",
                 [],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
@@ -692,7 +692,11 @@ mod daemon {
             OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .and_then(|connection| {
-            connection.query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+            connection.query_row(
+                "SELECT count(*) FROM events WHERE type = 'press'",
+                [],
+                |row| row.get(0),
+            )
         })
         .unwrap_or(0)
     }

@@ -617,6 +617,35 @@ impl Store {
         Ok(presses)
     }
 
+    /// The sinks among `sinks` that are delivering (state `ok`) and have
+    /// not delivered through `seqno` yet.
+    pub fn sinks_behind(&self, sinks: &[String], seqno: i64) -> Result<Vec<String>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT delivered_seqno, state FROM sinks WHERE name = ?1")?;
+        let mut behind = Vec::new();
+        for sink in sinks {
+            let (delivered, state): (i64, String) = statement
+                .query_row([sink], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?
+                .unwrap_or((0, "ok".to_string()));
+            if state == "ok" && delivered < seqno {
+                behind.push(sink.clone());
+            }
+        }
+        Ok(behind)
+    }
+
+    /// Every device's last saved link state (`connected`, `silent`,
+    /// `disconnected`), by name.
+    pub fn device_states(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT name, state FROM devices")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The counters saved for `device`, zero for a device never seen.
     pub fn device_counters(&self, device: &str) -> Result<DeviceCounters, StoreError> {
         let counters = self

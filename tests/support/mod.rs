@@ -457,13 +457,13 @@ pub fn open_store(data_dir: &Path) -> Result<Connection, String> {
     Ok(connection)
 }
 
-/// Every event, in store order.
+/// Every press, in store order (agent status events are left out).
 pub fn events(data_dir: &Path) -> Result<Vec<EventRow>, String> {
     let connection = open_store(data_dir)?;
     let query = || -> rusqlite::Result<Vec<EventRow>> {
         let mut statement = connection.prepare(
             "SELECT id, device, model, unit, key, answer, question, seq, rssi, battery, suppressed
-             FROM events ORDER BY seqno",
+             FROM events WHERE type = 'press' ORDER BY seqno",
         )?;
         let rows = statement.query_map([], |row| {
             Ok(EventRow {
