@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use epm_agent::config::{FileFormat, FileSinkSettings};
-use epm_agent::event::{Event, EventBody, PressFields};
+use epm_agent::event::{Event, EventBody, PressFields, StatusDetail};
 use epm_agent::sink::file::FileSink;
 use epm_agent::sink::policy::Outcome;
 use epm_agent::sink::{AgentInfo, SinkError};
@@ -445,4 +445,57 @@ async fn a_full_disk_is_a_local_failure_naming_the_file() {
         deliver(&mut sink, &batch).await;
         check_files(dir, format, &[(DAY_22, refs(&events[0..2]))]);
     }
+}
+
+/// An agent status event between presses 2 and 3 (its id sorts between
+/// theirs, as the store gives ids in order).
+fn status_event() -> StoredEvent {
+    let detail = StatusDetail::from_json(r#"{"reason":"periodic","health":"ok"}"#.to_string())
+        .expect("a JSON object");
+    StoredEvent {
+        seqno: 2,
+        event: Event {
+            id: "01JDA8Z5C6N2V7Q4M3W9XK1T02S".into(),
+            ts: "2026-11-22T20:59:59.000Z".into(),
+            tz_offset_min: 180,
+            body: EventBody::Status(detail),
+        },
+    }
+}
+
+#[tokio::test]
+async fn status_events_go_into_ndjson_files_and_csv_files_keep_presses_only() {
+    let events = presses();
+    let with_status = [
+        events[0].clone(),
+        events[1].clone(),
+        status_event(),
+        events[2].clone(),
+    ];
+    let temp = tempfile::tempdir().expect("a temporary folder");
+
+    let csv_dir = temp.path().join("csv");
+    let mut csv_sink = new_sink(&csv_dir, FileFormat::Csv);
+    deliver(&mut csv_sink, &with_status).await;
+    check_files(&csv_dir, FileFormat::Csv, &[(DAY_22, refs(&events[0..3]))]);
+
+    let ndjson_dir = temp.path().join("ndjson");
+    let mut ndjson_sink = new_sink(&ndjson_dir, FileFormat::Ndjson);
+    deliver(&mut ndjson_sink, &with_status).await;
+    check_files(
+        &ndjson_dir,
+        FileFormat::Ndjson,
+        &[(DAY_22, refs(&with_status))],
+    );
+    let lines = read_back(
+        &day_file(&ndjson_dir, DAY_22, FileFormat::Ndjson),
+        FileFormat::Ndjson,
+    );
+    assert_eq!(lines[2]["type"], "agent_status");
+    assert_eq!(lines[2]["status"]["reason"], "periodic");
+    assert!(
+        lines[2].get("device").is_none(),
+        "press fields are absent: {}",
+        lines[2]
+    );
 }
