@@ -30,7 +30,8 @@ use crate::config::{self, DeviceSettings, Settings, SinkSettings, StoreSettings}
 use crate::driver::{self, Restored};
 use crate::notify;
 use crate::sink::{self, AgentInfo, Transport};
-use crate::store::{retention, writer, Store, StoreError, StoreHandle, WriterOptions};
+use crate::store::lock::{DataDirLock, LockError};
+use crate::store::{self, retention, writer, Store, StoreError, StoreHandle, WriterOptions};
 
 /// How often the daemon tells the store it is alive (read by `status`).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -38,6 +39,99 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// At a stop: how long storing the stop's status event, and then its
 /// delivery by the sinks that are delivering, may each take.
 const STOP_EVENT_WAIT: Duration = Duration::from_secs(2);
+
+/// The configuration cannot be used as it is (its `data_dir`, the store's
+/// permissions), or another agent holds the `data_dir`: `run` exits 2. The
+/// message names the path once and says the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unusable(String);
+
+/// Checks that `data_dir` can hold this agent's store and takes its lock,
+/// before anything is written: a problem is one clear message, and no
+/// half-made store (`-wal`, `-shm`) is left behind.
+fn take_data_dir(data_dir: &Path) -> Result<DataDirLock, Unusable> {
+    let shown = data_dir.display();
+    if std::fs::metadata(data_dir).is_ok_and(|metadata| !metadata.is_dir()) {
+        return Err(Unusable(format!(
+            "data_dir {shown} is a file, not a folder: set data_dir to a folder (it is created when missing)"
+        )));
+    }
+    if let Err(StoreError::CreateDir { source, .. }) = store::create_private_dir(data_dir) {
+        let hint = match source.kind() {
+            std::io::ErrorKind::PermissionDenied => format!(
+                " (the agent runs as {user}: create it for that user, e.g. `install -d -o {user} -m 700 {shown}`)",
+                user = current_user()
+            ),
+            _ => io_hint(&source, data_dir),
+        };
+        return Err(Unusable(format!(
+            "cannot create data_dir {shown}: {}{hint}",
+            source.kind()
+        )));
+    }
+    let lock = DataDirLock::acquire(data_dir).map_err(|error| match error {
+        LockError::Held { .. } => Unusable(error.to_string()),
+        LockError::Io { source, .. } => Unusable(format!(
+            "cannot write in data_dir {shown}: {}{}",
+            source.kind(),
+            io_hint(&source, data_dir)
+        )),
+    })?;
+    // SQLite would open a store it cannot write, leave -wal and -shm files
+    // behind and fail with "attempt to write a readonly database".
+    let database = data_dir.join(store::DATABASE_FILE);
+    if database.exists() {
+        if let Err(error) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&database)
+        {
+            return Err(Unusable(format!(
+                "cannot write the store {}: {}{}",
+                database.display(),
+                error.kind(),
+                io_hint(&error, &database)
+            )));
+        }
+    }
+    Ok(lock)
+}
+
+/// The fix for a file system error on `path`, when one is known.
+fn io_hint(error: &std::io::Error, path: &Path) -> String {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            let user = current_user();
+            format!(
+                " (the agent runs as {user}: give it the folder, e.g. `chown -R {user} {}`)",
+                path.display()
+            )
+        }
+        std::io::ErrorKind::ReadOnlyFilesystem => {
+            " (a read-only file system: choose a data_dir on a writable disk)".to_string()
+        }
+        std::io::ErrorKind::NotADirectory => {
+            " (a file stands where a folder of the path should be)".to_string()
+        }
+        _ => String::new(),
+    }
+}
+
+fn current_user() -> String {
+    #[cfg(unix)]
+    {
+        let uid = nix::unistd::getuid();
+        match nix::unistd::User::from_uid(uid) {
+            Ok(Some(user)) => user.name,
+            _ => format!("uid {uid}"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        std::env::var("USERNAME").unwrap_or_else(|_| "this user".to_string())
+    }
+}
 
 /// Runs the agent until `shutdown` is cancelled, with no reloads.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -100,6 +194,8 @@ async fn supervise(
     mut reloads: mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
     let data_dir = settings.agent.data_dir.clone();
+    // Held until this returns: one agent per data_dir.
+    let _lock = take_data_dir(&data_dir)?;
     let store = Store::open_writer(&data_dir)?;
     tracing::info!(
         agent = %settings.agent.id,

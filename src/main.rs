@@ -204,6 +204,10 @@ fn main() -> ExitCode {
             }
             match run(config_path, settings) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(error) if error.downcast_ref::<daemon::Unusable>().is_some() => {
+                    eprintln!("epm-agent: {error}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
                 Err(error) => {
                     tracing::error!("{error:#}");
                     eprintln!("epm-agent: {error:#}");

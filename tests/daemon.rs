@@ -205,3 +205,213 @@ fn the_agent_listens_on_no_socket() {
     let _ = child.wait();
     assert!(listening.is_empty(), "the agent listens on {listening:?}");
 }
+
+/// `epm-agent run --config <config>` to its end (at most 20 s): exit
+/// code and stderr.
+fn run_to_exit(config: &Path, as_user: Option<&str>) -> (Option<i32>, String) {
+    let mut command = match as_user {
+        Some(user) => {
+            let mut command = Command::new("runuser");
+            command
+                .args(["-u", user, "--"])
+                .arg(env!("CARGO_BIN_EXE_epm-agent"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_epm-agent")),
+    };
+    let mut child = command
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("poll the agent").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent did not exit within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("agent output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_second_agent_on_one_data_dir_exits_2_and_nothing_is_delivered_twice() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path());
+    let mut text = std::fs::read_to_string(&config).expect("read");
+    text.push_str(&format!(
+        "\n[[sink]]\nname = \"files\"\nkind = \"file\"\nformat = \"ndjson\"\npath = \"{}\"\nflush_interval_ms = 50\n",
+        dir.path().join("out").display()
+    ));
+    std::fs::write(&config, text).expect("write");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agent");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stored_events(dir.path()) < 50 {
+        assert!(Instant::now() < deadline, "no presses stored within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let started = Instant::now();
+    let (code, stderr) = run_to_exit(&config, None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after {:?}",
+        started.elapsed()
+    );
+    let expected = format!(
+        "another epm-agent (pid {}) is using {}",
+        first.id(),
+        dir.path().join("data").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one message: {stderr}");
+    assert_eq!(
+        first.try_wait().expect("poll"),
+        None,
+        "the first agent runs on"
+    );
+
+    std::thread::sleep(Duration::from_millis(500));
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
+    assert!(first.wait().expect("agent exits").success());
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir.path().join("out")).expect("the sink's folder") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("a day file");
+        for line in text.lines() {
+            let event: serde_json::Value = serde_json::from_str(line).expect("an ndjson line");
+            ids.push(event["id"].as_str().expect("an id").to_string());
+        }
+    }
+    let lines = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), lines, "no event written twice");
+    let stored = count(&open(dir.path()), "SELECT count(*) FROM events");
+    assert_eq!(lines as i64, stored, "every stored event delivered once");
+}
+
+/// A configuration whose data_dir is `data_dir`.
+fn config_with_data_dir(dir: &Path, data_dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[agent]\nid = \"test\"\ndata_dir = \"{}\"\n",
+            data_dir.display()
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+/// What is in `dir`, by name.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the folder")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_exits_2_naming_it_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    std::fs::write(&data_dir, "not a folder").expect("write");
+    let config = config_with_data_dir(dir.path(), &data_dir);
+    let (code, stderr) = run_to_exit(&config, None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is a file, not a folder"), "{stderr}");
+    assert_eq!(
+        stderr.matches(&data_dir.display().to_string()).count(),
+        1,
+        "the path once: {stderr}"
+    );
+    assert_eq!(names_in(dir.path()), ["agent.toml", "data"]);
+}
+
+/// The unprivileged user the permission cases run the agent as (root
+/// bypasses file permissions).
+#[cfg(target_os = "linux")]
+const UNPRIVILEGED: &str = "nobody";
+
+#[cfg(target_os = "linux")]
+fn world_readable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_folder_or_store_the_service_user_cannot_write_exits_2_and_leaves_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::getuid().is_root() {
+        return; // the cases need another user to run the agent as
+    }
+    let nobody = nix::unistd::User::from_name(UNPRIVILEGED)
+        .expect("look up the user")
+        .expect("the user exists");
+    let dir = tempfile::tempdir().expect("temp dir");
+    world_readable(dir.path());
+
+    // A data_dir in a folder the user cannot write.
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).expect("mkdir");
+    let config = config_with_data_dir(dir.path(), &locked.join("data"));
+    world_readable(dir.path());
+    let (code, stderr) = run_to_exit(&config, Some(UNPRIVILEGED));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot create data_dir") && stderr.contains("permission denied"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("install -d -o nobody"),
+        "says the fix: {stderr}"
+    );
+    assert!(names_in(&locked).is_empty(), "nothing created");
+
+    // A store file the user cannot write, in a folder it owns.
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).expect("mkdir");
+    let store = data_dir.join("epm-agent.db");
+    std::fs::write(&store, b"").expect("an empty store file");
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    nix::unistd::chown(&data_dir, Some(nobody.uid), Some(nobody.gid)).expect("chown");
+    let config = config_with_data_dir(dir.path(), &data_dir);
+    let (code, stderr) = run_to_exit(&config, Some(UNPRIVILEGED));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot write the store {}", store.display())),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one message: {stderr}");
+    assert!(
+        !names_in(&data_dir)
+            .iter()
+            .any(|name| name.ends_with("-wal") || name.ends_with("-shm")),
+        "no half-made store: {:?}",
+        names_in(&data_dir)
+    );
+}

@@ -7,6 +7,7 @@
 //! any number of readers ([`Store::open_reader`]) may read meanwhile (WAL
 //! readers never block the writer).
 
+pub mod lock;
 pub mod recovery;
 pub mod retention;
 pub mod writer;
@@ -674,7 +675,8 @@ impl Store {
 }
 
 /// The data directory holds customer answers: owner only on Unix.
-fn create_private_dir(path: &Path) -> Result<(), StoreError> {
+/// Creates `path` (and its parents) owner-only, if missing.
+pub fn create_private_dir(path: &Path) -> Result<(), StoreError> {
     let result = {
         #[cfg(unix)]
         {
