@@ -175,9 +175,19 @@ impl Reporter {
             .map(|device| device.name.clone())
             .collect();
         self.read("device states", move |store| {
-            let mut states = store.device_states()?;
-            states.retain(|name, _| names.contains(name));
-            Ok(states)
+            let stored = store.device_states()?;
+            // As `status` shows them: a device with no row yet is
+            // disconnected (it has not opened its port).
+            Ok(names
+                .into_iter()
+                .map(|name| {
+                    let state = stored
+                        .get(&name)
+                        .cloned()
+                        .unwrap_or_else(|| "disconnected".to_string());
+                    (name, state)
+                })
+                .collect())
         })
         .await
     }

@@ -4,13 +4,19 @@
 //! for poison events, 413 above a size, a sink that is down, a `kill -9` in
 //! the middle of an upload, and the contract's formats and headers.
 //!
-//! What holds in every test: every stored event reaches the backend, in
-//! store order, each id kept once; a batch id always carries the same
-//! events, however often it is sent; every request keeps the contract
-//! (headers, body shape, event fields). Every wait has a deadline and fails
-//! with the tail of the agent's stderr.
+//! What holds in every test: every seeded press reaches the backend, in
+//! store order, each id kept once; so does every agent status event the
+//! agent stores meanwhile (at start, at a clean stop), in the same stream:
+//! the backend holds the stored events in store order, at least every one
+//! the sink's cursor has passed; a batch id always carries the same events,
+//! however often it is sent; every request keeps the contract (headers,
+//! body shape, the exact fields of a press or of a status event). Counts of
+//! requests and of delivered events are those of the presses plus the
+//! status events actually stored, never a loosened bound. Every wait has a
+//! deadline and fails with the tail of the agent's stderr.
 
 mod backend;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -76,7 +82,7 @@ fn transient_failures_lose_nothing_and_a_retry_resends_the_same_batch() {
     agent.stop();
 
     let requests = backend.requests();
-    assert_everything_in_store_order(&case, &backend, &agent);
+    assert_everything_in_store_order(&case, &backend, &sink, &agent);
     assert_retries_resend_the_same_events(&requests);
     let mut batches_of_id: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for request in &requests {
@@ -99,10 +105,37 @@ fn transient_failures_lose_nothing_and_a_retry_resends_the_same_batch() {
         let count = accepted_per_batch.entry(&request.batch_id).or_default();
         *count += usize::from(request.answer == Answer::Accept);
     }
+    // Every batch is taken once at most; every batch that carries presses
+    // exactly once. The one exception to "exactly": the batch in flight
+    // when the agent stopped, if it failed, which may only be the last one
+    // sent and carry only status events the cursor has not passed (the
+    // stop's event, sent on the next start).
+    let cursor = case
+        .sink_row(&sink.name)
+        .expect("the sink's row")
+        .delivered_seqno;
+    let seqno_of: BTreeMap<String, i64> = case
+        .stored()
+        .into_iter()
+        .map(|event| (event.id, event.seqno))
+        .collect();
+    let last_batch = requests.last().map(|request| request.batch_id.as_str());
     for (batch_id, accepted) in &accepted_per_batch {
-        assert_eq!(
-            *accepted, 1,
-            "batch {batch_id} answered 200 {accepted} times"
+        let sent: Vec<&Request> = requests
+            .iter()
+            .filter(|request| request.batch_id == *batch_id)
+            .collect();
+        let unfinished_at_stop = *accepted == 0
+            && Some(*batch_id) == last_batch
+            && sent[0].press_ids.is_empty()
+            && sent[0]
+                .ids
+                .iter()
+                .all(|id| seqno_of.get(id).is_some_and(|seqno| *seqno > cursor));
+        assert!(
+            *accepted == 1 || unfinished_at_stop,
+            "batch {batch_id} answered 200 {accepted} times\n{}",
+            summary(&requests)
         );
     }
     for fault in &faults {
@@ -156,7 +189,7 @@ fn retry_after_is_obeyed_during_an_outage() {
     agent.stop();
 
     let requests = backend.requests();
-    assert_everything_in_store_order(&case, &backend, &agent);
+    assert_everything_in_store_order(&case, &backend, &sink, &agent);
     assert_retries_resend_the_same_events(&requests);
     let refused: Vec<&Request> = requests
         .iter()
@@ -235,7 +268,7 @@ fn a_401_pauses_the_sink_keeps_every_event_and_never_logs_the_token() {
     let stderr = agent.stop();
 
     let requests = backend.requests();
-    assert_everything_in_store_order(&case, &backend, &agent);
+    assert_everything_in_store_order(&case, &backend, &sink, &agent);
     assert_retries_resend_the_same_events(&requests);
     assert_eq!(case.dead_letters(), vec![], "a 401 dead-letters nothing");
     let row = case.sink_row(&sink.name).expect("the sink's row");
@@ -280,9 +313,9 @@ fn a_rejected_event_is_dead_lettered_alone_and_the_rest_go_on_in_store_order() {
     };
     let case = Case::new(presses(80, &POISON), std::slice::from_ref(&sink));
     let mut agent = case.start();
-    agent.wait_until(DELIVERY_TIMEOUT, "the cursor at the last event", || {
+    agent.wait_until(DELIVERY_TIMEOUT, "the cursor past the last press", || {
         case.sink_row(&sink.name)
-            .is_some_and(|row| row.delivered_seqno == case.last_seqno() && row.batch_id.is_none())
+            .is_some_and(|row| row.delivered_seqno >= case.last_seqno() && row.batch_id.is_none())
     });
     agent.stop();
 
@@ -316,13 +349,22 @@ fn a_rejected_event_is_dead_lettered_alone_and_the_rest_go_on_in_store_order() {
         .map(|event| event.id.clone())
         .collect();
     assert_eq!(
-        backend.received_ids(),
+        backend.received_press_ids(),
         healthy,
-        "every other event, in store order\n{}",
+        "every other press, in store order\n{}",
         agent.tail()
     );
+    assert_stored_order_kept(&case, &backend, &sink, &agent);
+    // Delivered: the healthy presses and the status events the cursor
+    // passed (no status event is poison).
     let row = case.sink_row(&sink.name).expect("the sink's row");
-    assert_eq!(row.delivered, healthy.len() as i64);
+    let statuses = case.status_events_through(row.delivered_seqno);
+    assert_eq!(
+        row.delivered,
+        (healthy.len() + statuses) as i64,
+        "{} healthy presses and {statuses} status events delivered: {row:?}",
+        healthy.len()
+    );
 }
 
 #[test]
@@ -348,7 +390,7 @@ fn dead_letters_are_listed_and_sent_again_on_request() {
         || {
             case.dead_letters().len() == POISON.len()
                 && case.sink_row(&sink.name).is_some_and(|row| {
-                    row.delivered_seqno == case.last_seqno() && row.batch_id.is_none()
+                    row.delivered_seqno >= case.last_seqno() && row.batch_id.is_none()
                 })
         },
     );
@@ -397,15 +439,25 @@ fn dead_letters_are_listed_and_sent_again_on_request() {
         case.dead_letters().is_empty()
     });
     agent.stop();
-    let mut received = backend.received_ids();
+    let mut received = backend.received_press_ids();
     received.sort();
     let mut all = case.ids();
     all.sort();
     assert_eq!(
         received, all,
-        "every event delivered once, poison ones after the retry"
+        "every press delivered once, poison ones after the retry"
     );
-    assert_eq!(case.sink_row(&sink.name).expect("row").delivered, 20);
+    assert_contract_kept(&backend.requests());
+    assert_retries_resend_the_same_events(&backend.requests());
+    // Delivered: the 20 presses (the poison ones by the retry) and the
+    // status events the cursor passed.
+    let row = case.sink_row(&sink.name).expect("row");
+    let statuses = case.status_events_through(row.delivered_seqno);
+    assert_eq!(
+        row.delivered,
+        20 + statuses as i64,
+        "20 presses and {statuses} status events delivered: {row:?}"
+    );
     assert!(deadletter(&["list"]).contains("no dead letters"));
 }
 
@@ -432,7 +484,7 @@ fn a_413_halves_the_batch_until_it_fits() {
     agent.stop();
 
     let requests = backend.requests();
-    assert_everything_in_store_order(&case, &backend, &agent);
+    assert_everything_in_store_order(&case, &backend, &sink, &agent);
     assert_retries_resend_the_same_events(&requests);
     assert_eq!(case.dead_letters(), vec![], "a 413 dead-letters nothing");
     let sizes: Vec<usize> = requests.iter().map(|request| request.ids.len()).collect();
@@ -494,15 +546,25 @@ fn a_sink_that_is_down_holds_back_no_other_and_catches_up() {
     });
     agent.stop();
 
-    for backend in [&up, &down] {
-        assert_everything_in_store_order(&case, backend, &agent);
+    for (backend, sink) in [(&up, &up_sink), (&down, &down_sink)] {
+        assert_everything_in_store_order(&case, backend, sink, &agent);
         assert_retries_resend_the_same_events(&backend.requests());
     }
+    // The 100 presses went in 4 batches of 25, each sent once; the status
+    // events after them in batches of their own, each sent once too.
+    let requests = up.requests();
+    let press_batches: Vec<usize> = requests
+        .iter()
+        .filter(|request| !request.press_ids.is_empty())
+        .map(|request| request.press_ids.len())
+        .collect();
     assert_eq!(
-        up.requests().len(),
-        4,
-        "the up sink sent each of its 4 batches once"
+        press_batches,
+        vec![25; 4],
+        "the up sink sent each of its 4 batches of presses once\n{}",
+        summary(&requests)
     );
+    assert_each_batch_sent_once_and_taken(&requests);
 }
 
 #[test]
@@ -541,7 +603,7 @@ fn kill_9_during_an_upload_resends_the_same_batch_after_the_restart() {
     agent.stop();
 
     let requests = backend.requests();
-    assert_everything_in_store_order(&case, &backend, &agent);
+    assert_everything_in_store_order(&case, &backend, &sink, &agent);
     assert_retries_resend_the_same_events(&requests);
     let resent = &requests[1];
     assert_eq!(
@@ -599,17 +661,31 @@ fn formats_headers_and_compression_follow_the_contract() {
 
     let stored = case.stored_events();
     for (backend, sink) in backends.iter().zip(&sinks) {
-        assert_everything_in_store_order(&case, backend, &agent);
+        assert_everything_in_store_order(&case, backend, sink, &agent);
+        // Presses and status events alike, field for field as stored (the
+        // backend holds a prefix of the store, checked above).
         let received: Vec<Map<String, Value>> =
             backend.received_events().iter().map(event_fields).collect();
-        assert_eq!(received, stored, "sink {}: the events as stored", sink.name);
-        let requests = backend.requests();
         assert_eq!(
-            requests.len(),
-            3,
-            "sink {}: 45 events in batches of 20",
+            received,
+            stored[..received.len().min(stored.len())],
+            "sink {}: the events as stored",
             sink.name
         );
+        let requests = backend.requests();
+        let press_batches: Vec<usize> = requests
+            .iter()
+            .filter(|request| !request.press_ids.is_empty())
+            .map(|request| request.press_ids.len())
+            .collect();
+        assert_eq!(
+            press_batches,
+            vec![20, 20, 5],
+            "sink {}: 45 presses in batches of 20\n{}",
+            sink.name,
+            summary(&requests)
+        );
+        assert_each_batch_sent_once_and_taken(&requests);
     }
     assert!(
         stderr.contains("TRACE"),
@@ -618,6 +694,245 @@ fn formats_headers_and_compression_follow_the_contract() {
     for secret in [INLINE_TOKEN, FILE_TOKEN] {
         assert_not_logged(&stderr, secret);
     }
+}
+
+#[test]
+fn status_events_are_delivered_once_and_never_counted_as_presses() {
+    // A real keypad on a pseudo-terminal this time: status events at start,
+    // on its unplug and at the stop go through the same stream as its
+    // presses, and no count of presses sees them.
+    const DEVICE: &str = "cashdesk";
+    const PRESSES: u16 = 5;
+    /// The contract's promise: a device's state change reaches the backend
+    /// this soon (polled every second, then one flush of the sink).
+    const CHANGE_WITHIN: Duration = Duration::from_secs(5);
+    let backend = Backend::start(Expect::plain(Format::Json));
+    let sink = SinkConfig::new("reporter", &backend);
+    let dir = support::TestDir::new();
+    let keypad = dir.keypad(DEVICE, support::EmulatorOptions::keypad());
+    let device = support::DeviceConfig::of(
+        &keypad,
+        "recommend",
+        support::DeviceConfig::keymap(&[(1, "yes"), (2, "neutral"), (3, "no")]),
+    );
+    let config = write_device_config(&dir, &device, &sink);
+    let mut agent = dir.start_agent(&config, &[&keypad]);
+
+    for seq in 1..=PRESSES {
+        keypad.press(support::keypad_press((seq % 3) as u8 + 1, seq));
+    }
+    keypad.wait_for_ack(support::KEYPAD_SERIAL, PRESSES, support::START_TIMEOUT);
+    let press_ids: Vec<String> = dir
+        .wait_for_events(usize::from(PRESSES), support::START_TIMEOUT)
+        .into_iter()
+        .map(|event| event.id)
+        .collect();
+    assert_eq!(press_ids.len(), usize::from(PRESSES));
+    let start = dir.wait_until(
+        DELIVERY_TIMEOUT,
+        "the presses and a start status event at the backend",
+        || {
+            let start = backend
+                .received_status_events()
+                .into_iter()
+                .find(|event| event["status"]["reason"] == "start");
+            match start {
+                Some(start) if backend.has_all(&press_ids) => Ok(start),
+                start => Err(format!(
+                    "start event {start:?}, {} of {PRESSES} presses",
+                    backend.received_press_ids().len()
+                )),
+            }
+        },
+    );
+    let devices = start["status"]["devices"]
+        .as_array()
+        .expect("status.devices");
+    assert_eq!(
+        devices
+            .iter()
+            .map(|device| (&device["name"], &device["model"]))
+            .collect::<Vec<_>>(),
+        [(&json!(DEVICE), &json!("prolan-202"))],
+        "the start event lists the configured device: {start}"
+    );
+    assert_eq!(start["status"]["sinks"][0]["name"], json!(sink.name));
+
+    // The status events at the backend show the keypad connected (the
+    // start one, or a device_change right after it), so that the next
+    // change is the unplug's.
+    dir.wait_for_device(DEVICE, support::COUNTERS_TIMEOUT, "connected", |row| {
+        row.state == "connected"
+    });
+    dir.wait_until(
+        DELIVERY_TIMEOUT,
+        "a status event with the keypad connected at the backend",
+        || {
+            let last = backend.received_status_events().pop();
+            match last.as_ref().and_then(|event| device_state(event, DEVICE)) {
+                Some("connected") => Ok(()),
+                _ => Err(format!("last status event {last:?}")),
+            }
+        },
+    );
+    let before_unplug = backend.received_status_events().len();
+    let unplugged_at = Instant::now();
+    let unplugged_wall = Utc::now();
+    keypad.unplug();
+    let change = dir.wait_until(
+        CHANGE_WITHIN.saturating_sub(unplugged_at.elapsed()),
+        "a device_change status event with the keypad disconnected at the backend",
+        || {
+            let events = backend.received_status_events();
+            events[before_unplug..]
+                .iter()
+                .find(|event| {
+                    event["status"]["reason"] == "device_change"
+                        && device_state(event, DEVICE) == Some("disconnected")
+                })
+                .cloned()
+                .ok_or_else(|| format!("since the unplug: {:?}", &events[before_unplug..]))
+        },
+    );
+    let took = unplugged_at.elapsed();
+    assert!(
+        took <= CHANGE_WITHIN,
+        "the unplug reached the backend {took:?} later"
+    );
+    let taken_at = change["ts"]
+        .as_str()
+        .and_then(|ts| chrono::DateTime::parse_from_rfc3339(ts).ok())
+        .expect("an RFC 3339 ts (the contract check says so too)");
+    assert!(
+        taken_at.to_utc() >= unplugged_wall - chrono::Duration::milliseconds(1),
+        "the device_change event was taken at {taken_at}, before the unplug at {unplugged_wall}"
+    );
+    agent.stop_cleanly();
+
+    // Everything the store holds reached the backend, in store order: the
+    // sink was delivering, so the stop's event went out before it stopped.
+    let stored = stored_rows(&support::open_store(&dir.data_dir()).expect("open the store"));
+    let stored_ids: Vec<&str> = stored.iter().map(|event| event.id.as_str()).collect();
+    let requests = backend.requests();
+    assert_contract_kept(&requests);
+    assert_each_batch_sent_once_and_taken(&requests);
+    assert_eq!(
+        backend.received_ids(),
+        stored_ids,
+        "the backend holds every stored event, presses and status events, in store order\n{}\n{}",
+        summary(&requests),
+        dir.diagnostics().report()
+    );
+    // Exactly once by id: no event id in two requests (none failed).
+    let mut sent: BTreeMap<&str, usize> = BTreeMap::new();
+    for id in requests.iter().flat_map(|request| &request.ids) {
+        *sent.entry(id).or_default() += 1;
+    }
+    assert!(
+        sent.values().all(|&count| count == 1),
+        "ids sent more than once: {sent:?}"
+    );
+    assert_eq!(
+        backend.received_press_ids(),
+        press_ids,
+        "the presses, once each, in store order"
+    );
+    let statuses = backend.received_status_events();
+    let status_ids: Vec<&str> = stored
+        .iter()
+        .filter(|event| event.kind == backend::AGENT_STATUS)
+        .map(|event| event.id.as_str())
+        .collect();
+    assert_eq!(
+        statuses.iter().map(backend::event_id).collect::<Vec<_>>(),
+        status_ids,
+        "every stored status event, once each, in store order"
+    );
+    let reasons: Vec<&str> = statuses
+        .iter()
+        .map(|event| event["status"]["reason"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(reasons.first(), Some(&"start"), "{reasons:?}");
+    assert_eq!(reasons.last(), Some(&"stop"), "{reasons:?}");
+    assert_eq!(
+        reasons.iter().filter(|reason| **reason == "start").count(),
+        1,
+        "one start: {reasons:?}"
+    );
+    assert_eq!(
+        stored.last().map(|event| event.id.as_str()),
+        statuses.last().map(backend::event_id),
+        "the stop's event is the last one stored"
+    );
+    let stop = statuses.last().expect("a stop event");
+    assert_eq!(
+        stop["status"]["devices"][0]["presses"],
+        json!(PRESSES),
+        "the stop event counts the presses only: {stop}"
+    );
+
+    // No count of presses includes a status event.
+    assert_eq!(dir.device(DEVICE).presses, i64::from(PRESSES));
+    let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+        .args(["report", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run epm-agent report");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("report --json is JSON");
+    assert_eq!(report["total"]["presses"], json!(PRESSES), "{report}");
+    let grouped: u64 = report["groups"]
+        .as_array()
+        .expect("report groups")
+        .iter()
+        .map(|group| group["presses"].as_u64().expect("presses per group"))
+        .sum();
+    assert_eq!(grouped, u64::from(PRESSES), "{report}");
+}
+
+/// The state of device `name` in an agent status event.
+fn device_state<'a>(event: &'a Value, name: &str) -> Option<&'a str> {
+    event["status"]["devices"]
+        .as_array()?
+        .iter()
+        .find(|device| device["name"] == name)?["state"]
+        .as_str()
+}
+
+/// A configuration with this agent (as the backend expects it), one device
+/// and one sink, in the test folder.
+fn write_device_config(
+    dir: &support::TestDir,
+    device: &support::DeviceConfig,
+    sink: &SinkConfig,
+) -> PathBuf {
+    let keymap: Vec<String> = device
+        .keymap
+        .iter()
+        .map(|(key, answer)| format!("{key} = \"{answer}\""))
+        .collect();
+    let text = format!(
+        "[agent]\nid = \"{}\"\nlocation = \"{}\"\ndata_dir = \"{}\"\n\n[log]\nlevel = \"{LOG_LEVEL}\"\n\n\
+         [[device]]\nname = \"{}\"\nmodel = \"{}\"\nport = \"{}\"\nquestion = \"{}\"\nkeymap = {{ {} }}\n\
+         min_interval_s = {:?}\n\n{}",
+        backend::AGENT_ID,
+        backend::LOCATION,
+        dir.data_dir().display(),
+        device.name,
+        device.model,
+        device.port.display(),
+        device.question,
+        keymap.join(", "),
+        device.min_interval_s,
+        sink.toml()
+    );
+    let path = dir.path().join("agent.toml");
+    fs::write(&path, text).expect("write the configuration");
+    path
 }
 
 // ---------------------------------------------------------------------------
@@ -693,8 +1008,17 @@ struct Case {
     data_dir: PathBuf,
     config: PathBuf,
     stderr: PathBuf,
-    /// What was seeded, in store order.
+    /// The presses seeded, in store order (before any status event: the
+    /// agent stores its first one when it starts).
     events: Vec<Seeded>,
+}
+
+/// One event of the store as it is now: a press or an agent status event.
+#[derive(Clone, Debug)]
+struct StoredRow {
+    seqno: i64,
+    id: String,
+    kind: String,
 }
 
 #[derive(Clone, Debug)]
@@ -776,20 +1100,38 @@ impl Case {
         }
     }
 
+    /// The ids of the seeded presses, in store order.
     fn ids(&self) -> Vec<String> {
         self.events.iter().map(|event| event.id.clone()).collect()
     }
 
+    /// The seqno of the last seeded press; the agent's status events come
+    /// after it.
     fn last_seqno(&self) -> i64 {
         self.events.last().map_or(0, |event| event.seqno)
     }
 
-    /// The backend holds every event and the sink's cursor is past the last.
+    /// The backend holds every seeded press and the sink's cursor is past
+    /// the last of them, with no batch in flight.
     fn delivered_all(&self, backend: &Backend, sink: &SinkConfig) -> bool {
         backend.has_all(&self.ids())
             && self.sink_row(&sink.name).is_some_and(|row| {
-                row.delivered_seqno == self.last_seqno() && row.batch_id.is_none()
+                row.delivered_seqno >= self.last_seqno() && row.batch_id.is_none()
             })
+    }
+
+    /// Every event in the store now, presses and status events, in store
+    /// order.
+    fn stored(&self) -> Vec<StoredRow> {
+        stored_rows(&self.open())
+    }
+
+    /// How many agent status events the store holds up to `seqno`.
+    fn status_events_through(&self, seqno: i64) -> usize {
+        self.stored()
+            .iter()
+            .filter(|event| event.seqno <= seqno && event.kind == backend::AGENT_STATUS)
+            .count()
     }
 
     fn open(&self) -> Connection {
@@ -838,17 +1180,33 @@ impl Case {
             .expect("dead letter rows")
     }
 
-    /// Every event as upload-v1 shows it, built from the store's columns.
+    /// Every event as upload-v1 shows it, built from the store's columns: a
+    /// press with its fields, an agent status event with its `status`
+    /// object (the press columns of its row are neutral and not sent).
     fn stored_events(&self) -> Vec<Map<String, Value>> {
         let connection = self.open();
         let mut statement = connection
             .prepare(
                 "SELECT id, type, ts, tz_offset_min, device, model, unit, key, answer, question,
-                        seq, rssi, battery, suppressed FROM events ORDER BY seqno",
+                        seq, rssi, battery, suppressed, status FROM events ORDER BY seqno",
             )
             .expect("prepare");
         statement
             .query_map([], |row| {
+                let kind: String = row.get(1)?;
+                if kind == backend::AGENT_STATUS {
+                    let status: String = row.get(14)?;
+                    let status: Value =
+                        serde_json::from_str(&status).expect("a status column holds JSON");
+                    let event = json!({
+                        "id": row.get::<_, String>(0)?,
+                        "type": kind,
+                        "ts": row.get::<_, String>(2)?,
+                        "tz_offset_min": row.get::<_, i64>(3)?,
+                        "status": status,
+                    });
+                    return Ok(event.as_object().cloned().unwrap_or_default());
+                }
                 let event = json!({
                     "id": row.get::<_, String>(0)?,
                     "type": row.get::<_, String>(1)?,
@@ -871,6 +1229,24 @@ impl Case {
             .collect::<Result<_, _>>()
             .expect("event rows")
     }
+}
+
+/// Every event of the store behind `connection`, in store order.
+fn stored_rows(connection: &Connection) -> Vec<StoredRow> {
+    let mut statement = connection
+        .prepare("SELECT seqno, id, type FROM events ORDER BY seqno")
+        .expect("prepare");
+    statement
+        .query_map([], |row| {
+            Ok(StoredRow {
+                seqno: row.get(0)?,
+                id: row.get(1)?,
+                kind: row.get(2)?,
+            })
+        })
+        .expect("read the events")
+        .collect::<Result<_, _>>()
+        .expect("event rows")
 }
 
 /// Stores `presses` through the library's writer, as the daemon would, and
@@ -1058,17 +1434,107 @@ impl Drop for Agent {
 // ---------------------------------------------------------------------------
 // What every test checks.
 
-/// The backend kept exactly the stored events, in store order, and every
-/// request it got kept the contract.
-fn assert_everything_in_store_order(case: &Case, backend: &Backend, agent: &Agent) {
+/// The backend kept exactly the seeded presses, once each, in store order;
+/// with the status events, it kept the stored events in store order (see
+/// [`assert_stored_order_kept`]); every request it got kept the contract.
+fn assert_everything_in_store_order(
+    case: &Case,
+    backend: &Backend,
+    sink: &SinkConfig,
+    agent: &Agent,
+) {
     assert_eq!(
-        backend.received_ids(),
+        backend.received_press_ids(),
         case.ids(),
-        "the backend holds every stored event once, in store order\n{}\n{}",
+        "the backend holds every seeded press once, in store order\n{}\n{}",
         summary(&backend.requests()),
         agent.tail()
     );
+    assert_stored_order_kept(case, backend, sink, agent);
     assert_contract_kept(&backend.requests());
+}
+
+/// Presses and status events together: what the backend kept (once per
+/// id) is the store's events in store order (dead letters of `sink` left
+/// out) from the first on, with none skipped: every event the sink's cursor
+/// has passed, and beyond it at most status events whose batch was in flight
+/// when the agent stopped (the backend took them, the agent did not hear
+/// it; they go again at the next start).
+fn assert_stored_order_kept(case: &Case, backend: &Backend, sink: &SinkConfig, agent: &Agent) {
+    let row = case.sink_row(&sink.name).expect("the sink's row");
+    let dead: BTreeSet<i64> = case
+        .dead_letters()
+        .into_iter()
+        .filter(|letter| letter.sink == sink.name)
+        .map(|letter| letter.seqno)
+        .collect();
+    let expected: Vec<StoredRow> = case
+        .stored()
+        .into_iter()
+        .filter(|event| !dead.contains(&event.seqno))
+        .collect();
+    let received = backend.received_ids();
+    let through = expected
+        .iter()
+        .filter(|event| event.seqno <= row.delivered_seqno)
+        .count();
+    let context = || {
+        format!(
+            "sink {}: cursor {row:?}\nstored (seqno, type, id): {:?}\n{}\n{}",
+            sink.name,
+            expected
+                .iter()
+                .map(|event| (event.seqno, event.kind.as_str(), event.id.as_str()))
+                .collect::<Vec<_>>(),
+            summary(&backend.requests()),
+            agent.tail()
+        )
+    };
+    assert!(
+        (through..=expected.len()).contains(&received.len()),
+        "the backend holds {} events; the cursor passed {through} of the {} stored\n{}",
+        received.len(),
+        expected.len(),
+        context()
+    );
+    let expected_ids: Vec<&str> = expected[..received.len()]
+        .iter()
+        .map(|event| event.id.as_str())
+        .collect();
+    assert_eq!(
+        received,
+        expected_ids,
+        "the backend holds the stored events once each, in store order\n{}",
+        context()
+    );
+    for event in &expected[through..received.len()] {
+        assert_eq!(
+            event.kind,
+            backend::AGENT_STATUS,
+            "only a status event may be at the backend beyond the cursor: {event:?}\n{}",
+            context()
+        );
+    }
+}
+
+/// No request failed and no batch was sent twice.
+fn assert_each_batch_sent_once_and_taken(requests: &[Request]) {
+    let mut batch_ids = BTreeSet::new();
+    for request in requests {
+        assert_eq!(
+            request.answer,
+            Answer::Accept,
+            "batch {}\n{}",
+            request.batch_id,
+            summary(requests)
+        );
+        assert!(
+            batch_ids.insert(request.batch_id.as_str()),
+            "batch {} was sent twice\n{}",
+            request.batch_id,
+            summary(requests)
+        );
+    }
 }
 
 fn assert_contract_kept(requests: &[Request]) {
@@ -1116,14 +1582,15 @@ fn assert_not_logged(stderr: &str, secret: &str) {
 
 /// One line per request, for failure messages.
 fn summary(requests: &[Request]) -> String {
-    let mut text = String::from("--- requests: at, batch id, events, answer ---\n");
+    let mut text = String::from("--- requests: at, batch id, events (presses), answer ---\n");
     for request in requests {
         let _ = writeln!(
             text,
-            "{:>8.3}s {} {:>3} events {:?}",
+            "{:>8.3}s {} {:>3} events ({:>3}) {:?}",
             request.at.as_secs_f64(),
             request.batch_id,
             request.ids.len(),
+            request.press_ids.len(),
             request.answer
         );
     }

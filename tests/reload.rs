@@ -1,16 +1,20 @@
 //! SIGHUP reloads the configuration while presses stream: a broken file is
 //! logged and the running configuration goes on; a changed file (a device
 //! added, a sink removed) is applied without losing or doubling a press,
-//! and without reopening the unchanged device's port.
+//! and without reopening the unchanged device's port. The agent's status
+//! events go into the same ndjson files as the presses; they are told apart
+//! by `type` and checked on their own (each once, none missing from the
+//! kept sink, none from after the reload in the removed one's).
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use serde_json::Value;
 
 use epm_agent::protocol::UnitId;
 use support::{keypad_press, radio_press, DeviceConfig, EmulatorOptions, TestDir, KEYPAD_SERIAL};
@@ -19,20 +23,80 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 const STORE_TIMEOUT: Duration = Duration::from_secs(15);
 const REMOTE: UnitId = UnitId(0x301A_0002);
 
-/// The event ids in a file sink's folder, line by line.
-fn ids_in(folder: &Path) -> Vec<String> {
+/// The events in a file sink's folder, line by line.
+fn lines_in(folder: &Path) -> Vec<Value> {
     let Ok(entries) = fs::read_dir(folder) else {
         return Vec::new();
     };
-    let mut ids = Vec::new();
+    let mut lines = Vec::new();
     for entry in entries.flatten() {
         let text = fs::read_to_string(entry.path()).unwrap_or_default();
         for line in text.lines() {
-            let value: serde_json::Value = serde_json::from_str(line).expect("an ndjson line");
-            ids.push(value["id"].as_str().expect("an id").to_string());
+            lines.push(serde_json::from_str(line).expect("an ndjson line"));
         }
     }
-    ids
+    lines
+}
+
+fn id_of(line: &Value) -> String {
+    line["id"].as_str().expect("an id").to_string()
+}
+
+/// The ids of the presses in a file sink's folder, line by line.
+fn press_ids_in(folder: &Path) -> Vec<String> {
+    lines_in(folder)
+        .iter()
+        .filter(|line| line["type"] == "press")
+        .map(id_of)
+        .collect()
+}
+
+/// The agent status events in a file sink's folder, line by line; fails on
+/// a line of any other type than these two.
+fn status_events_in(folder: &Path) -> Vec<Value> {
+    lines_in(folder)
+        .into_iter()
+        .filter(|line| match line["type"].as_str() {
+            Some("press") => false,
+            Some("agent_status") => true,
+            other => panic!("an event of type {other:?}: {line}"),
+        })
+        .collect()
+}
+
+/// The names of the devices an agent status event lists.
+fn devices_of(status: &Value) -> Vec<&str> {
+    status["status"]["devices"]
+        .as_array()
+        .expect("status.devices")
+        .iter()
+        .map(|device| device["name"].as_str().expect("a device name"))
+        .collect()
+}
+
+/// The agent status events of the store, (seqno, id) in store order.
+fn stored_status_events(data_dir: &Path) -> Vec<(i64, String)> {
+    let connection = support::open_store(data_dir).expect("open the store");
+    let mut statement = connection
+        .prepare("SELECT seqno, id FROM events WHERE type = 'agent_status' ORDER BY seqno")
+        .expect("prepare");
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("read the status events")
+        .collect::<Result<_, _>>()
+        .expect("status event rows")
+}
+
+/// How far the sink `name` has delivered (its cursor's seqno).
+fn delivered_seqno(data_dir: &Path, name: &str) -> i64 {
+    support::open_store(data_dir)
+        .expect("open the store")
+        .query_row(
+            "SELECT delivered_seqno FROM sinks WHERE name = ?1",
+            [name],
+            |row| row.get(0),
+        )
+        .expect("the sink's row")
 }
 
 fn file_sink(name: &str, folder: &Path) -> String {
@@ -92,7 +156,7 @@ fn sighup_applies_a_changed_file_and_ignores_a_broken_one_while_presses_stream()
     dir.wait_for_events(40, STORE_TIMEOUT);
     agent.assert_running();
     let removed_before = dir.wait_until(RELOAD_TIMEOUT, "both sinks to write the first 40", || {
-        let (kept_ids, removed_ids) = (ids_in(&kept), ids_in(&removed));
+        let (kept_ids, removed_ids) = (press_ids_in(&kept), press_ids_in(&removed));
         if kept_ids.len() == 40 && removed_ids.len() == 40 {
             Ok(removed_ids.len())
         } else {
@@ -121,8 +185,8 @@ fn sighup_applies_a_changed_file_and_ignores_a_broken_one_while_presses_stream()
     press_burst(20);
 
     let events = dir.wait_for_events(100 + 10, STORE_TIMEOUT);
-    dir.wait_until(RELOAD_TIMEOUT, "the kept sink to write everything", || {
-        let count = ids_in(&kept).len();
+    dir.wait_until(RELOAD_TIMEOUT, "the kept sink to write every press", || {
+        let count = press_ids_in(&kept).len();
         if count == events.len() {
             Ok(())
         } else {
@@ -153,18 +217,64 @@ fn sighup_applies_a_changed_file_and_ignores_a_broken_one_while_presses_stream()
         "the added receiver's presses, each once"
     );
 
-    let kept_ids = ids_in(&kept);
+    let kept_ids = press_ids_in(&kept);
     let unique: HashSet<&String> = kept_ids.iter().collect();
     assert_eq!(
         (kept_ids.len(), unique.len()),
         (events.len(), events.len()),
-        "the kept sink: each event once"
+        "the kept sink: each press once"
     );
+    let stored_presses: HashSet<&String> = events.iter().map(|event| &event.id).collect();
+    assert_eq!(unique, stored_presses, "the kept sink: the stored presses");
     assert_eq!(
-        ids_in(&removed).len(),
+        press_ids_in(&removed).len(),
         removed_before,
-        "the removed sink wrote nothing after the reload"
+        "the removed sink wrote no press after the reload"
     );
+
+    // The status events: each once in the kept sink's files, every one its
+    // cursor passed among them, nothing that is not stored; beyond the
+    // cursor at most what was being written when the agent stopped.
+    let stored_statuses = stored_status_events(&dir.data_dir());
+    let stored_status_ids: BTreeSet<&str> =
+        stored_statuses.iter().map(|(_, id)| id.as_str()).collect();
+    let kept_statuses: Vec<String> = status_events_in(&kept).iter().map(id_of).collect();
+    let kept_status_ids: BTreeSet<&str> = kept_statuses.iter().map(String::as_str).collect();
+    assert_eq!(
+        kept_status_ids.len(),
+        kept_statuses.len(),
+        "the kept sink: each status event once: {kept_statuses:?}"
+    );
+    let cursor = delivered_seqno(&dir.data_dir(), "kept");
+    let through_cursor: BTreeSet<&str> = stored_statuses
+        .iter()
+        .filter(|(seqno, _)| *seqno <= cursor)
+        .map(|(_, id)| id.as_str())
+        .collect();
+    assert!(
+        !through_cursor.is_empty(),
+        "the start's status event at least is stored and delivered"
+    );
+    assert!(
+        kept_status_ids.is_subset(&stored_status_ids) && through_cursor.is_subset(&kept_status_ids),
+        "the kept sink's status events {kept_status_ids:?}: every stored one through its cursor \
+         {through_cursor:?}, nothing not stored ({stored_status_ids:?})"
+    );
+    // The removed sink's status events are stored ones, each once, and all
+    // from before the reload: none lists the receiver it added.
+    let removed_statuses = status_events_in(&removed);
+    let removed_status_ids: BTreeSet<String> = removed_statuses.iter().map(id_of).collect();
+    assert_eq!(removed_status_ids.len(), removed_statuses.len());
+    assert!(removed_status_ids
+        .iter()
+        .all(|id| stored_status_ids.contains(id.as_str())));
+    for status in &removed_statuses {
+        assert_eq!(
+            devices_of(status),
+            ["cashdesk"],
+            "the removed sink wrote a status event of after the reload: {status}"
+        );
+    }
 
     // The keypad's port was never reopened: it was asked for its identity once.
     assert_eq!(

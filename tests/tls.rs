@@ -2,7 +2,9 @@
 //! backend whose certificate the agent cannot verify gets nothing (the
 //! sink retries with the TLS error in status), there is no key to turn
 //! verification off, and the one supported way to trust a private backend
-//! — its CA in `ca_file` — works.
+//! — its CA in `ca_file` — works. The agent's own status events (one at
+//! each start and stop) wait behind the presses like any event and are
+//! delivered with them once the CA is configured.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -146,6 +148,42 @@ fn seed(data_dir: &Path) {
     });
 }
 
+/// The store's events: how many presses and how many agent status events
+/// it holds up to `seqno`, and the seqno of its last press.
+fn stored_through(data_dir: &Path, seqno: i64) -> (i64, i64, i64) {
+    let connection = Connection::open_with_flags(
+        data_dir.join("epm-agent.db"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the store");
+    connection
+        .query_row(
+            "SELECT count(*) FILTER (WHERE type = 'press' AND seqno <= ?1),
+                    count(*) FILTER (WHERE type = 'agent_status' AND seqno <= ?1),
+                    coalesce(max(seqno) FILTER (WHERE type = 'press'), 0)
+             FROM events",
+            [seqno],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .expect("count the events")
+}
+
+/// The sink's cursor: (delivered_seqno, delivered, batch in flight).
+fn cursor(data_dir: &Path) -> Option<(i64, i64, bool)> {
+    let connection = Connection::open_with_flags(
+        data_dir.join("epm-agent.db"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .ok()?;
+    connection
+        .query_row(
+            "SELECT delivered_seqno, delivered, batch_id IS NOT NULL FROM sinks WHERE name = 'secure'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .ok()
+}
+
 fn sink_row(data_dir: &Path) -> Option<(i64, String, Option<String>)> {
     let connection = Connection::open_with_flags(
         data_dir.join("epm-agent.db"),
@@ -247,9 +285,20 @@ fn an_unverifiable_backend_gets_nothing_until_its_ca_is_configured() {
 
     write_config(&format!("ca_file = \"{}\"\n", ca_file.display()));
     let agent = start(&config);
-    wait_for("every event delivered over verified TLS", || {
-        sink_row(&data_dir).filter(|(delivered, _, _)| *delivered == i64::from(EVENTS))
+    let last_press = stored_through(&data_dir, i64::MAX).2;
+    let (through, delivered, _) = wait_for("every press delivered over verified TLS", || {
+        cursor(&data_dir).filter(|(through, _, in_flight)| *through >= last_press && !in_flight)
     });
     stop(agent);
+    // Delivered: the presses, and the status events the cursor passed
+    // (the first run's, which waited behind the presses, and this one's
+    // start, as far as the batches reached), no more.
+    let (presses, statuses, _) = stored_through(&data_dir, through);
+    assert_eq!(presses, i64::from(EVENTS), "every press delivered");
+    assert_eq!(
+        delivered,
+        presses + statuses,
+        "delivered counts the {presses} presses and the {statuses} status events through the cursor"
+    );
     assert!(backend.requests.load(Ordering::SeqCst) >= 1);
 }

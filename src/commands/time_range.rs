@@ -72,7 +72,9 @@ pub fn parse_instant(text: &str, now: DateTime<Local>) -> anyhow::Result<DateTim
 }
 
 fn parse_age(text: &str) -> Option<Duration> {
-    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    // The unit is the last character, which need not be one byte (`7д`).
+    let unit_start = text.char_indices().last()?.0;
+    let (number, unit) = text.split_at(unit_start);
     let count: i64 = number.parse().ok().filter(|count| *count >= 0)?;
     match unit {
         "d" => Duration::try_days(count),
@@ -143,7 +145,7 @@ mod tests {
 
     #[test]
     fn nonsense_says_what_is_accepted() {
-        for text in ["soon", "7w", "-3d", "2026-13-01", ""] {
+        for text in ["soon", "7w", "-3d", "2026-13-01", "", "7д", "д", "😀"] {
             let error = parse_instant(text, now()).expect_err(text).to_string();
             assert!(error.contains("7d"), "{text}: {error}");
         }

@@ -4,10 +4,11 @@
 //!
 //! It accepts `json` and `ndjson` batches, gzipped or not, checks every
 //! request against the contract (`shared/spec/upload-v1.md`: headers, body
-//! shape, event fields) and records what was wrong instead of trusting it,
-//! keeps the first copy of each event id (exactly-once by id), and records
-//! every request as it arrives: when, its `Idempotency-Key`, its event ids,
-//! what it was answered and its `Authorization` header.
+//! shape, event fields: a press's or an `agent_status` event's, exactly)
+//! and records what was wrong instead of trusting it, keeps the first copy
+//! of each event id (exactly-once by id), and records every request as it
+//! arrives: when, its `Idempotency-Key`, its event ids (and which of them
+//! are presses), what it was answered and its `Authorization` header.
 //!
 //! What each request is answered is decided by a [`Plan`], a closure the
 //! test gives and may swap at any time: an HTTP status (with or without
@@ -45,7 +46,11 @@ pub const LOCATION: &str = "Moscow, Tverskaya 7";
 /// The version the agent reports: the crate's, as the tests see it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The fields of an event, exactly (upload-v1, "The event").
+/// The `type` of a press, and of an agent status event.
+pub const PRESS: &str = "press";
+pub const AGENT_STATUS: &str = "agent_status";
+
+/// The fields of a press event, exactly (upload-v1, "The event").
 pub const EVENT_FIELDS: [&str; 14] = [
     "id",
     "type",
@@ -62,6 +67,40 @@ pub const EVENT_FIELDS: [&str; 14] = [
     "battery",
     "suppressed",
 ];
+
+/// The fields of an agent status event, exactly (upload-v1, "Agent status
+/// events"): the press fields are absent.
+pub const STATUS_EVENT_FIELDS: [&str; 5] = ["id", "type", "ts", "tz_offset_min", "status"];
+
+/// The keys of its `status` object, exactly.
+pub const STATUS_FIELDS: [&str; 8] = [
+    "reason",
+    "version",
+    "started_at",
+    "health",
+    "devices",
+    "sinks",
+    "free_disk_bytes",
+    "store_bytes",
+];
+
+/// The keys of each of `status.devices`, and of each of `status.sinks`.
+pub const STATUS_DEVICE_FIELDS: [&str; 6] = [
+    "name",
+    "model",
+    "state",
+    "presses",
+    "bad_frames",
+    "last_frame_at",
+];
+pub const STATUS_SINK_FIELDS: [&str; 3] = ["name", "state", "pending"];
+
+/// Why a status event was written, how the agent was, and the states of a
+/// device and of a sink in it.
+pub const STATUS_REASONS: [&str; 4] = ["start", "stop", "device_change", "periodic"];
+pub const HEALTHS: [&str; 3] = ["ok", "warning", "critical"];
+pub const DEVICE_STATES: [&str; 3] = ["connected", "silent", "disconnected"];
+pub const SINK_STATES: [&str; 3] = ["ok", "retrying", "paused"];
 
 /// How a sink is configured, which is what the backend expects to receive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,7 +186,10 @@ pub struct Request {
     pub at: Duration,
     /// The `Idempotency-Key` header.
     pub batch_id: String,
+    /// Every event id, in the order of the body.
     pub ids: Vec<String>,
+    /// The ids of the presses among them (agent status events left out).
+    pub press_ids: Vec<String>,
     pub answer: Answer,
     pub authorization: Option<String>,
     /// Where the request breaks the contract; empty when it does not.
@@ -243,9 +285,33 @@ impl Backend {
             .collect()
     }
 
+    /// The ids of the presses kept, in the order first received (agent
+    /// status events left out).
+    pub fn received_press_ids(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .events
+            .iter()
+            .filter(|event| is_press(event))
+            .map(|event| event_id(event).to_string())
+            .collect()
+    }
+
     /// The first copy of each event, in the order first received.
     pub fn received_events(&self) -> Vec<Value> {
         self.shared.lock().events.clone()
+    }
+
+    /// The first copy of each agent status event, in the order first
+    /// received.
+    pub fn received_status_events(&self) -> Vec<Value> {
+        self.shared
+            .lock()
+            .events
+            .iter()
+            .filter(|event| is_status(event))
+            .cloned()
+            .collect()
     }
 
     /// Whether every id of `ids` has been kept.
@@ -323,6 +389,11 @@ async fn handle(
             batch_id,
             ids: events
                 .iter()
+                .map(|event| event_id(event).to_string())
+                .collect(),
+            press_ids: events
+                .iter()
+                .filter(|event| is_press(event))
                 .map(|event| event_id(event).to_string())
                 .collect(),
             answer: answer.clone(),
@@ -498,13 +569,23 @@ fn parse_ndjson_batch(plain: &[u8], problems: &mut Vec<String>) -> Option<Vec<Va
 /// Whether a field's value has the type upload-v1 gives it.
 type FieldCheck = fn(&Value) -> bool;
 
-/// Every field present with its type, and nothing else.
+/// Every field of its type present with its type, and nothing else: a
+/// press, or an agent status event.
 fn check_event(format: Format, event: &Value, problems: &mut Vec<String>) {
     let Some(object) = event.as_object() else {
         problems.push(format!("an event is not an object: {event}"));
         return;
     };
-    let mut expected: Vec<&str> = EVENT_FIELDS.to_vec();
+    let mut expected: Vec<&str> = match object.get("type").and_then(Value::as_str) {
+        Some(PRESS) => EVENT_FIELDS.to_vec(),
+        Some(AGENT_STATUS) => STATUS_EVENT_FIELDS.to_vec(),
+        other => {
+            problems.push(format!(
+                "event type {other:?}, expected {PRESS:?} or {AGENT_STATUS:?}: {event}"
+            ));
+            return;
+        }
+    };
     if format == Format::Ndjson {
         expected.extend(["agent_id", "location"]);
         if object.get("agent_id") != Some(&Value::from(AGENT_ID))
@@ -513,19 +594,28 @@ fn check_event(format: Format, event: &Value, problems: &mut Vec<String>) {
             problems.push(format!("ndjson line without this agent: {event}"));
         }
     }
-    let mut found: Vec<&str> = object.keys().map(String::as_str).collect();
-    found.sort_unstable();
-    expected.sort_unstable();
-    if found != expected {
-        problems.push(format!("event fields {found:?}, expected {expected:?}"));
-    }
-    let is = |name: &str, test: FieldCheck| object.get(name).is_some_and(test);
-    let checks: [(&str, FieldCheck); 13] = [
+    check_keys("event", object, &expected, problems);
+    let common: [(&str, FieldCheck); 2] = [
         ("id", |value| {
             value.as_str().is_some_and(|id| !id.is_empty())
         }),
-        ("type", Value::is_string),
         ("tz_offset_min", Value::is_i64),
+    ];
+    check_fields("event", object, &common, problems);
+    match object.get("ts").and_then(Value::as_str) {
+        Some(ts) => check_timestamp("ts", ts, problems),
+        None => problems.push(format!("event without ts: {event}")),
+    }
+    if is_press(event) {
+        check_press(object, problems);
+    } else {
+        check_status(object.get("status"), problems);
+    }
+}
+
+/// The press fields (upload-v1, "The event").
+fn check_press(object: &Map<String, Value>, problems: &mut Vec<String>) {
+    let checks: [(&str, FieldCheck); 10] = [
         ("device", Value::is_string),
         ("model", Value::is_string),
         ("unit", |value| {
@@ -543,15 +633,127 @@ fn check_event(format: Format, event: &Value, problems: &mut Vec<String>) {
         ("battery", |value| value.is_u64() || value.is_null()),
         ("suppressed", Value::is_boolean),
     ];
-    for (name, test) in checks {
-        if !is(name, test) {
-            problems.push(format!("event field {name}: {:?}", object.get(name)));
+    check_fields("event", object, &checks, problems);
+}
+
+/// The `status` object of an agent status event (upload-v1, "Agent status
+/// events"): its keys exactly, each with its type, the words from their
+/// lists, the timestamps RFC 3339 with milliseconds.
+fn check_status(status: Option<&Value>, problems: &mut Vec<String>) {
+    let Some(status) = status.and_then(Value::as_object) else {
+        problems.push(format!("status is not an object: {status:?}"));
+        return;
+    };
+    check_keys("status", status, &STATUS_FIELDS, problems);
+    let checks: [(&str, FieldCheck); 8] = [
+        ("reason", |value| one_of(value, &STATUS_REASONS)),
+        ("version", |value| value.as_str() == Some(VERSION)),
+        ("started_at", Value::is_string),
+        ("health", |value| one_of(value, &HEALTHS)),
+        ("devices", Value::is_array),
+        ("sinks", Value::is_array),
+        ("free_disk_bytes", Value::is_u64),
+        ("store_bytes", Value::is_u64),
+    ];
+    check_fields("status", status, &checks, problems);
+    if let Some(started_at) = status.get("started_at").and_then(Value::as_str) {
+        check_timestamp("status.started_at", started_at, problems);
+    }
+    for device in status
+        .get("devices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(device) = device.as_object() else {
+            problems.push(format!("status.devices holds a non-object: {device}"));
+            continue;
+        };
+        check_keys("status.devices[]", device, &STATUS_DEVICE_FIELDS, problems);
+        let checks: [(&str, FieldCheck); 6] = [
+            ("name", |value| {
+                value.as_str().is_some_and(|name| !name.is_empty())
+            }),
+            ("model", |value| {
+                value.as_str().is_some_and(|model| !model.is_empty())
+            }),
+            ("state", |value| one_of(value, &DEVICE_STATES)),
+            ("presses", Value::is_u64),
+            ("bad_frames", Value::is_u64),
+            ("last_frame_at", |value| {
+                value.is_string() || value.is_null()
+            }),
+        ];
+        check_fields("status.devices[]", device, &checks, problems);
+        if let Some(at) = device.get("last_frame_at").and_then(Value::as_str) {
+            check_timestamp("status.devices[].last_frame_at", at, problems);
         }
     }
-    match object.get("ts").and_then(Value::as_str) {
-        Some(ts) => check_timestamp("ts", ts, problems),
-        None => problems.push(format!("event without ts: {event}")),
+    for sink in status
+        .get("sinks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(sink) = sink.as_object() else {
+            problems.push(format!("status.sinks holds a non-object: {sink}"));
+            continue;
+        };
+        check_keys("status.sinks[]", sink, &STATUS_SINK_FIELDS, problems);
+        let checks: [(&str, FieldCheck); 3] = [
+            ("name", |value| {
+                value.as_str().is_some_and(|name| !name.is_empty())
+            }),
+            ("state", |value| one_of(value, &SINK_STATES)),
+            ("pending", Value::is_u64),
+        ];
+        check_fields("status.sinks[]", sink, &checks, problems);
     }
+}
+
+/// `object` has exactly the keys `expected`.
+fn check_keys(
+    what: &str,
+    object: &Map<String, Value>,
+    expected: &[&str],
+    problems: &mut Vec<String>,
+) {
+    let mut found: Vec<&str> = object.keys().map(String::as_str).collect();
+    let mut expected = expected.to_vec();
+    found.sort_unstable();
+    expected.sort_unstable();
+    if found != expected {
+        problems.push(format!("{what} fields {found:?}, expected {expected:?}"));
+    }
+}
+
+/// Each named field of `object` is present and passes its check.
+fn check_fields(
+    what: &str,
+    object: &Map<String, Value>,
+    checks: &[(&str, FieldCheck)],
+    problems: &mut Vec<String>,
+) {
+    for (name, test) in checks {
+        if !object.get(*name).is_some_and(test) {
+            problems.push(format!("{what} field {name}: {:?}", object.get(*name)));
+        }
+    }
+}
+
+/// A string, one of `words`.
+fn one_of(value: &Value, words: &[&str]) -> bool {
+    value.as_str().is_some_and(|word| words.contains(&word))
+}
+
+/// Whether the event is a press (`type = "press"`).
+pub fn is_press(event: &Value) -> bool {
+    event.get("type").and_then(Value::as_str) == Some(PRESS)
+}
+
+/// Whether the event is an agent status event (`type = "agent_status"`).
+pub fn is_status(event: &Value) -> bool {
+    event.get("type").and_then(Value::as_str) == Some(AGENT_STATUS)
 }
 
 /// `2026-11-22T10:15:03.214Z`: RFC 3339, UTC, milliseconds.
