@@ -8,13 +8,18 @@
 //! It never decides durability: a press counts only when the store writer
 //! says it committed.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use chrono::Utc;
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use futures_util::StreamExt;
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::codec::{Decoder, Framed};
+use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DeviceSettings, Model, PortSetting};
@@ -32,8 +37,16 @@ use crate::store::{
 /// The cap keeps a replug noticed within about a second.
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_CAP: Duration = Duration::from_secs(1);
+/// A session shorter than this ends in the same backoff as a failed open.
+const SHORT_SESSION: Duration = Duration::from_secs(2);
 /// How often liveness is checked and the device's state saved (if changed).
 const TICK: Duration = Duration::from_secs(1);
+/// A write to the device (QUERY, the ACKs of one commit) that takes longer
+/// than this is given up: the device is not reading (a stalled adapter,
+/// flow control). An ACK only flashes a light; reading matters more.
+const WRITE_BOUND: Duration = Duration::from_millis(500);
+/// Writes waiting for the device; more are dropped (and counted).
+const WRITES_QUEUED: usize = 16;
 
 /// What a driver continues from after a restart.
 #[derive(Clone, Debug, Default)]
@@ -164,6 +177,8 @@ struct Driver {
     dirty: bool,
     /// Inside a run of bad frames: logged once, at its start.
     resyncing: bool,
+    /// ACKs dropped, over every session (counted by the writing side).
+    acks_dropped: Arc<AtomicU64>,
 }
 
 impl Driver {
@@ -206,6 +221,7 @@ impl Driver {
             origin,
             dirty: true,
             resyncing: false,
+            acks_dropped: Arc::new(AtomicU64::new(counters.link.acks_dropped)),
         }
     }
 
@@ -230,8 +246,8 @@ impl Driver {
                         self.report.counters.reconnects += 1;
                     }
                     ever_connected = true;
-                    delay = RECONNECT_FIRST;
                     tracing::info!(device = %self.settings.name, port = %connection.port, "connected");
+                    let started = Instant::now();
                     match self.session(connection, &mut commits, shutdown).await? {
                         SessionEnd::Shutdown => return Ok(()),
                         SessionEnd::Lost(reason) => {
@@ -240,6 +256,17 @@ impl Driver {
                             self.save_report().await?;
                             outage_logged = true;
                         }
+                    }
+                    if started.elapsed() >= SHORT_SESSION {
+                        delay = RECONNECT_FIRST;
+                    } else {
+                        // Opened, then lost at once (a port that opens but
+                        // reads end-of-file): back off as for a failed open.
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(RECONNECT_CAP);
                     }
                 }
                 Err(reason) => {
@@ -267,11 +294,25 @@ impl Driver {
         commits: &mut mpsc::UnboundedReceiver<Committed>,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, StoreError> {
-        let mut link = connection.link;
+        // Reading and writing are apart: a device that stops reading what
+        // is written must never stop the agent reading it.
+        let parts = connection.link.into_parts();
+        let (read_half, write_half) = tokio::io::split(parts.io);
+        let mut link = FramedRead::new(read_half, parts.codec);
+        *link.read_buffer_mut() = parts.read_buf;
+        let mut outgoing = Outgoing::start(
+            write_half,
+            AnyCodec::new(self.settings.model == Model::Prolan202),
+            self.settings.name.clone(),
+            Arc::clone(&self.acks_dropped),
+        );
         self.report.port = connection.port;
         self.liveness.connected(self.now_ms());
         self.set_state(LinkState::Connected, None);
         let probed = connection.identity.is_some();
+        // Acknowledgements of an earlier session's presses are stale now;
+        // those of presses read during discovery (below) are not.
+        while commits.try_recv().is_ok() {}
         if let Some(identity) = connection.identity {
             self.handle(Decoded::Message(Inbound::Identity(identity)))
                 .await?;
@@ -280,14 +321,8 @@ impl Driver {
             self.handle(item).await?;
         }
         self.save_report().await?;
-        // Acknowledgements of an earlier session's presses are stale now.
-        while commits.try_recv().is_ok() {}
         if !probed {
-            if let Err(error) = link.send(Outbound::Query).await {
-                return Ok(
-                    self.end_session(&link, SessionEnd::Lost(format!("write failed: {error}")))
-                );
-            }
+            outgoing.send(vec![Outbound::Query]);
         }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -298,7 +333,7 @@ impl Driver {
                     // is still buffered before returning.
                     let mut buffer = std::mem::take(link.read_buffer_mut());
                     let mut pending = Vec::new();
-                    while let Ok(Some(item)) = link.codec_mut().decode(&mut buffer) {
+                    while let Ok(Some(item)) = link.decoder_mut().decode(&mut buffer) {
                         pending.push(item);
                     }
                     for item in pending {
@@ -308,11 +343,17 @@ impl Driver {
                 }
                 Some(committed) = commits.recv() => {
                     if self.settings.ack {
-                        let ack = Outbound::Ack { unit: committed.unit, seq: committed.seq };
-                        if let Err(error) = link.send(ack).await {
-                            return Ok(self.end_session(&link, SessionEnd::Lost(format!("write failed: {error}"))));
+                        // The ACKs of one commit go out in one write.
+                        let ack = |committed: Committed| Outbound::Ack { unit: committed.unit, seq: committed.seq };
+                        let mut acks = vec![ack(committed)];
+                        while let Ok(committed) = commits.try_recv() {
+                            acks.push(ack(committed));
                         }
+                        outgoing.send(acks);
                     }
+                }
+                Ok(error) = &mut outgoing.failed => {
+                    return Ok(self.end_session(&link, SessionEnd::Lost(format!("write failed: {error}"))));
                 }
                 item = link.next() => match item {
                     Some(Ok(item)) => self.handle(item).await?,
@@ -327,7 +368,8 @@ impl Driver {
                 },
                 _ = tick.tick() => {
                     self.check_liveness();
-                    self.report.counters.noise_bytes = self.noise_before + link.codec().noise_bytes();
+                    self.check_writes(&outgoing);
+                    self.report.counters.noise_bytes = self.noise_before + link.decoder().noise_bytes();
                     if self.dirty {
                         self.save_report().await?;
                     }
@@ -336,8 +378,8 @@ impl Driver {
         }
     }
 
-    fn end_session(&mut self, link: &FramedLink, end: SessionEnd) -> SessionEnd {
-        self.noise_before += link.codec().noise_bytes();
+    fn end_session(&mut self, link: &ReadLink, end: SessionEnd) -> SessionEnd {
+        self.noise_before += link.decoder().noise_bytes();
         self.report.counters.noise_bytes = self.noise_before;
         self.dirty = true;
         end
@@ -450,6 +492,25 @@ impl Driver {
         }
     }
 
+    /// Counts the ACKs the device did not take, and says in its state that
+    /// it does not read, for as long as it does not.
+    fn check_writes(&mut self, outgoing: &Outgoing) {
+        let dropped = self.acks_dropped.load(Ordering::Relaxed);
+        if dropped != self.report.counters.acks_dropped {
+            self.report.counters.acks_dropped = dropped;
+            self.dirty = true;
+        }
+        let problem = outgoing.stalled().then(|| {
+            format!(
+                "it does not read what the agent writes (a stalled adapter or flow control?): {dropped} ACKs dropped; presses are still read and stored"
+            )
+        });
+        if self.report.last_error != problem && self.report.state == LinkState::Connected {
+            self.report.last_error = problem;
+            self.dirty = true;
+        }
+    }
+
     fn check_liveness(&mut self) {
         if self.liveness.check(self.now_ms()) {
             tracing::warn!(
@@ -522,6 +583,133 @@ fn port_label(port: &PortSetting) -> String {
         PortSetting::Path(path) => path.clone(),
         PortSetting::Auto(_) => "auto".into(),
         PortSetting::None => "simulator".into(),
+    }
+}
+
+/// The read side of a session's port.
+type ReadLink = FramedRead<tokio::io::ReadHalf<Box<dyn Link>>, AnyCodec>;
+
+/// The writing side of a session: its own task, fed through a short queue,
+/// each write bounded by [`WRITE_BOUND`]. What cannot wait its turn or
+/// cannot be written in time is dropped and counted (only ACKs are
+/// counted: a QUERY is asked again at the next session).
+struct Outgoing {
+    writes: mpsc::Sender<Vec<Outbound>>,
+    /// Says why the port cannot be written (the session is then over).
+    failed: oneshot::Receiver<String>,
+    acks_dropped: Arc<AtomicU64>,
+    /// The last write did not go through in time.
+    stalled: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Outgoing {
+    fn start(
+        port: WriteHalf<Box<dyn Link>>,
+        codec: AnyCodec,
+        device: String,
+        acks_dropped: Arc<AtomicU64>,
+    ) -> Outgoing {
+        let (writes, queued) = mpsc::channel(WRITES_QUEUED);
+        let (failure, failed) = oneshot::channel();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(write_to_device(
+            port,
+            codec,
+            queued,
+            WriteCounters {
+                device,
+                acks_dropped: Arc::clone(&acks_dropped),
+                stalled: Arc::clone(&stalled),
+            },
+            failure,
+        ));
+        Outgoing {
+            writes,
+            failed,
+            acks_dropped,
+            stalled,
+            task,
+        }
+    }
+
+    /// Queues `messages` as one write, never waiting.
+    fn send(&mut self, messages: Vec<Outbound>) {
+        if let Err(
+            mpsc::error::TrySendError::Full(messages) | mpsc::error::TrySendError::Closed(messages),
+        ) = self.writes.try_send(messages)
+        {
+            self.acks_dropped
+                .fetch_add(acks_in(&messages), Ordering::Relaxed);
+            self.stalled.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        // A write still waiting for a deaf device ends with the session.
+        self.task.abort();
+    }
+}
+
+struct WriteCounters {
+    device: String,
+    acks_dropped: Arc<AtomicU64>,
+    stalled: Arc<AtomicBool>,
+}
+
+fn acks_in(messages: &[Outbound]) -> u64 {
+    messages
+        .iter()
+        .filter(|message| matches!(message, Outbound::Ack { .. }))
+        .count() as u64
+}
+
+/// Writes each queued batch of messages in one write, each within
+/// [`WRITE_BOUND`]; a port that fails is reported on `failure`.
+async fn write_to_device(
+    mut port: WriteHalf<Box<dyn Link>>,
+    mut codec: AnyCodec,
+    mut queued: mpsc::Receiver<Vec<Outbound>>,
+    counters: WriteCounters,
+    failure: oneshot::Sender<String>,
+) {
+    let mut bytes = BytesMut::new();
+    while let Some(messages) = queued.recv().await {
+        bytes.clear();
+        for message in &messages {
+            if let Err(error) = codec.encode(*message, &mut bytes) {
+                let _ = failure.send(format!("cannot encode {message:?}: {error}"));
+                return;
+            }
+        }
+        let write = async {
+            port.write_all(&bytes).await?;
+            port.flush().await
+        };
+        match tokio::time::timeout(WRITE_BOUND, write).await {
+            Ok(Ok(())) => counters.stalled.store(false, Ordering::Relaxed),
+            Ok(Err(error)) => {
+                let _ = failure.send(error.to_string());
+                return;
+            }
+            Err(_) => {
+                counters
+                    .acks_dropped
+                    .fetch_add(acks_in(&messages), Ordering::Relaxed);
+                if !counters.stalled.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        device = %counters.device,
+                        "the device does not read what is written (a stalled adapter or flow control?): its ACKs are dropped and counted, its presses are still read and stored"
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -34,11 +34,11 @@ fn press(seq: u16) -> NewPress {
         unit: UnitId(0x301A_0000 + u32::from(seq % 7)),
         key: (seq % 5) as u8 + 1,
         answer: Some(["yes", "neutral", "no"][usize::from(seq % 3)].into()),
-        question: (seq % 2 == 0).then(|| "recommend".into()),
+        question: seq.is_multiple_of(2).then(|| "recommend".into()),
         seq,
         rssi: Some(-61),
-        battery: (seq % 4 == 0).then_some(87),
-        suppressed: seq % 11 == 0,
+        battery: seq.is_multiple_of(4).then_some(87),
+        suppressed: seq.is_multiple_of(11),
     }
 }
 

@@ -119,6 +119,8 @@ pub struct DeviceStatus {
     pub bad_frames: u64,
     pub unknown_frames: u64,
     pub reconnects: u64,
+    /// ACKs dropped because the device did not read them in time.
+    pub acks_dropped: u64,
     pub last_error: Option<String>,
     pub units: Vec<UnitStatus>,
 }
@@ -281,6 +283,10 @@ fn read_in_transaction(
                 Health::Warning,
                 format!("device {} is {}{detail}", status.name, status.state),
             ));
+        } else if let (true, Some(error)) = (daemon.running, &status.last_error) {
+            // Connected and read, but something is wrong with it (it does
+            // not take what the agent writes).
+            problems.push((Health::Warning, format!("device {}: {error}", status.name)));
         }
         devices.push(status);
     }
@@ -479,7 +485,8 @@ fn read_device(store: &Store, name: &str, model: &str) -> anyhow::Result<DeviceS
     let device = connection
         .query_row(
             "SELECT model, port, state, state_since, hardware_id, firmware, last_frame_at, last_press_at,
-                    presses, duplicates, bad_frames, unknown_frames, reconnects, last_error
+                    presses, duplicates, bad_frames, unknown_frames, reconnects, last_error,
+                    acks_dropped
              FROM devices WHERE name = ?1",
             [name],
             |row| {
@@ -499,6 +506,7 @@ fn read_device(store: &Store, name: &str, model: &str) -> anyhow::Result<DeviceS
                     unknown_frames: row.get(11)?,
                     reconnects: row.get(12)?,
                     last_error: row.get(13)?,
+                    acks_dropped: row.get(14)?,
                     units: Vec::new(),
                 })
             },
@@ -520,6 +528,7 @@ fn read_device(store: &Store, name: &str, model: &str) -> anyhow::Result<DeviceS
         bad_frames: 0,
         unknown_frames: 0,
         reconnects: 0,
+        acks_dropped: 0,
         last_error: Some("not started yet".into()),
         units: Vec::new(),
     });

@@ -171,6 +171,8 @@ const MIGRATIONS: &[&str] = &[
     // cursor per sink); their press columns hold neutral values and the
     // `status` object is kept as JSON text.
     "ALTER TABLE events ADD COLUMN status TEXT;",
+    // 5: ACKs a device did not take in time (a deaf device), dropped.
+    "ALTER TABLE devices ADD COLUMN acks_dropped INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A connection to the store, for reading (or, inside the writer, writing).
@@ -197,6 +199,8 @@ pub struct LinkCounters {
     pub noise_bytes: u64,
     pub faults: u64,
     pub reconnects: u64,
+    /// ACKs dropped because the device did not take them in time.
+    pub acks_dropped: u64,
 }
 
 /// An event a sink's backend rejected on its own.
@@ -652,7 +656,8 @@ impl Store {
         let counters = self
             .connection
             .query_row(
-                "SELECT presses, duplicates, bad_frames, unknown_frames, noise_bytes, faults, reconnects
+                "SELECT presses, duplicates, bad_frames, unknown_frames, noise_bytes, faults, reconnects,
+                        acks_dropped
                  FROM devices WHERE name = ?1",
                 [device],
                 |row| {
@@ -665,6 +670,7 @@ impl Store {
                             noise_bytes: row.get(4)?,
                             faults: row.get(5)?,
                             reconnects: row.get(6)?,
+                            acks_dropped: row.get(7)?,
                         },
                     })
                 },

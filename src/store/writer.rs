@@ -1028,8 +1028,8 @@ fn upsert_device(transaction: &Transaction<'_>, report: &DeviceReport) -> rusqli
     let mut statement = transaction.prepare_cached(
         "INSERT INTO devices (name, model, port, state, state_since, hardware_id, firmware,
                               last_frame_at, duplicates, bad_frames, unknown_frames, noise_bytes,
-                              faults, reconnects, last_error, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                              faults, reconnects, last_error, updated_at, acks_dropped)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
          ON CONFLICT (name) DO UPDATE SET
              model = excluded.model, port = excluded.port, state = excluded.state,
              state_since = excluded.state_since,
@@ -1039,7 +1039,8 @@ fn upsert_device(transaction: &Transaction<'_>, report: &DeviceReport) -> rusqli
              duplicates = excluded.duplicates, bad_frames = excluded.bad_frames,
              unknown_frames = excluded.unknown_frames, noise_bytes = excluded.noise_bytes,
              faults = excluded.faults, reconnects = excluded.reconnects,
-             last_error = excluded.last_error, updated_at = excluded.updated_at",
+             last_error = excluded.last_error, updated_at = excluded.updated_at,
+             acks_dropped = excluded.acks_dropped",
     )?;
     statement.execute(params![
         report.name,
@@ -1058,6 +1059,7 @@ fn upsert_device(transaction: &Transaction<'_>, report: &DeviceReport) -> rusqli
         report.counters.reconnects,
         report.last_error,
         format_timestamp(Utc::now()),
+        report.counters.acks_dropped,
     ])?;
     Ok(())
 }

@@ -733,6 +733,7 @@ impl Emulator {
             next_heartbeat: Instant::now() + options.heartbeat_every,
             started: Instant::now(),
             last_press_line: None,
+            deaf: false,
         };
         if let Err(error) = device.plug() {
             diagnostics.fail(format!("{name}: cannot create a pseudo-terminal: {error}"));
@@ -819,6 +820,13 @@ impl Emulator {
     /// (heartbeats and replies to the host still go out meanwhile).
     pub fn pause(&self, duration: Duration) {
         self.send(Control::Queue(vec![Step::Pause(duration)]));
+    }
+
+    /// From now on reads nothing the host writes, so the host's writes
+    /// fill the pseudo-terminal and block: a device that does not read.
+    pub fn stop_reading(&self) {
+        self.send(Control::Deaf(true));
+        self.sync();
     }
 
     /// Drops whatever is still queued (a frame being written is finished
@@ -1001,6 +1009,8 @@ enum Control {
     Replug,
     ReleaseExclusive,
     Sync(mpsc::Sender<()>),
+    /// Stop (true) or go on (false) reading what the host writes.
+    Deaf(bool),
 }
 
 enum Step {
@@ -1039,6 +1049,8 @@ struct Device {
     started: Instant,
     /// The keypad's most recent `K` line, repeated on a new connection.
     last_press_line: Option<(Vec<u8>, Press)>,
+    /// Reads nothing the host writes (a stalled adapter, a busy radio).
+    deaf: bool,
 }
 
 impl Device {
@@ -1063,7 +1075,9 @@ impl Device {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
-            self.read_host();
+            if !self.deaf {
+                self.read_host();
+            }
             for done in syncs {
                 let _ = done.send(());
             }
@@ -1113,6 +1127,7 @@ impl Device {
                 self.shared.update(|observed| observed.queued_steps = 0);
             }
             Control::Unplug => self.unplug(),
+            Control::Deaf(deaf) => self.deaf = deaf,
             Control::Replug => {
                 if let Err(error) = self.plug() {
                     self.fail(format!("cannot replug: {error}"));
