@@ -267,12 +267,16 @@ async fn supervise(
     drop(supervisor);
     drop(handle);
     // The writer commits everything queued, then ends when the last handle is gone.
-    tokio::task::spawn_blocking(move || writer_thread.join())
+    let lost = tokio::task::spawn_blocking(move || writer_thread.join())
         .await
         .context("waiting for the store writer")?
         .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;
     stopped?;
-    tracing::info!("stopped; everything read was committed");
+    if lost == 0 {
+        tracing::info!("stopped; everything read was committed");
+    } else {
+        tracing::error!("stopped; {lost} presses read could not be committed and are lost (the store could not be written)");
+    }
     match failure {
         Some(error) => Err(error),
         None => Ok(()),

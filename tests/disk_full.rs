@@ -277,7 +277,7 @@ async fn health_of(handle: &StoreHandle) -> WriterHealth {
 }
 
 /// Drops the last handle: the writer commits what it holds and ends.
-async fn stop(handle: StoreHandle, thread: std::thread::JoinHandle<()>) {
+async fn stop(handle: StoreHandle, thread: std::thread::JoinHandle<usize>) {
     drop(handle);
     let joined = tokio::task::spawn_blocking(move || thread.join());
     tokio::time::timeout(RECOVERY_TIMEOUT, joined)
@@ -622,6 +622,84 @@ mod daemon {
             .expect("counts");
         assert_eq!(events, counted, "every press read is stored and counted");
         assert_eq!(store_state(&data_dir), (0, None, None));
+    }
+
+    #[test]
+    fn a_sigterm_while_the_disk_stays_full_ends_the_agent_within_10_s_saying_what_is_lost() {
+        const STOP_LIMIT: Duration = Duration::from_secs(10);
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let mount = dir.path().join("disk");
+        if std::env::var("EPM_TEST_FULL_DISK").is_ok_and(|kind| kind == "page-cap")
+            || !mount_tmpfs(&mount)
+        {
+            eprintln!(
+                "not run: no tmpfs (mounting one needs root, or EPM_TEST_FULL_DISK=page-cap)"
+            );
+            return;
+        }
+        let _unmount = Unmount(mount.clone());
+        let data_dir = mount.join("data");
+        let config = dir.path().join("agent.toml");
+        // A file sink on another disk: its deliveries succeed, and then it
+        // waits for the commit of its cursor, which the full disk holds up.
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nid = \"t\"\ndata_dir = \"{}\"\n\n[[device]]\nname = \"sim\"\nmodel = \"simulator\"\nsim_presses_per_min = 1200\n\n\
+                 [[sink]]\nname = \"files\"\nkind = \"file\"\npath = \"{}\"\nflush_interval_ms = 50\n",
+                data_dir.display(),
+                dir.path().join("out").display()
+            ),
+        )
+        .expect("config");
+        let log_path = dir.path().join("agent.log");
+        let agent_log = File::create(&log_path).expect("log file");
+        let mut agent = Agent(
+            Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .stderr(agent_log)
+                .spawn()
+                .expect("start the agent"),
+        );
+        let agent_said = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        wait_until(
+            "presses stored",
+            || count_events(&data_dir) >= 5,
+            agent_said,
+        );
+        fill_to_the_last_byte(&mount.join("ballast"));
+        wait_until(
+            "the full store noticed",
+            || agent_said().contains("cannot write the store"),
+            agent_said,
+        );
+        // Presses keep arriving into the memory backlog, the sink waits.
+        std::thread::sleep(Duration::from_secs(2));
+
+        kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        let asked = Instant::now();
+        let status = loop {
+            if let Some(status) = agent.0.try_wait().expect("agent state") {
+                break status;
+            }
+            assert!(
+                asked.elapsed() < STOP_LIMIT,
+                "the agent did not stop within {STOP_LIMIT:?} of SIGTERM: {}",
+                agent_said()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = agent_said();
+        assert!(status.success(), "{status}: {log}");
+        assert!(
+            log.contains("presses read could not be committed and are lost"),
+            "the loss is said: {log}"
+        );
+        assert!(
+            !log.contains("everything read was committed"),
+            "no false comfort: {log}"
+        );
     }
 
     /// The agent process, killed if the test ends before it stopped.

@@ -86,7 +86,7 @@ impl Fixture {
 struct Writer {
     runtime: tokio::runtime::Runtime,
     handle: Option<StoreHandle>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<usize>>,
 }
 
 impl Writer {

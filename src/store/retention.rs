@@ -51,7 +51,12 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
         wait = INTERVAL;
-        let round = run_once(&settings, &sinks, &mut reader, &store).await?;
+        // A prune waits for its commit: the stop must not wait for a disk
+        // that stays full.
+        let round = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            round = run_once(&settings, &sinks, &mut reader, &store) => round?,
+        };
         if round.by_retention + round.by_size > 0 {
             tracing::info!(
                 by_retention = round.by_retention,

@@ -363,7 +363,7 @@ impl StoreHandle {
 pub fn spawn(
     store: Store,
     options: WriterOptions,
-) -> Result<(StoreHandle, std::thread::JoinHandle<()>), StoreError> {
+) -> Result<(StoreHandle, std::thread::JoinHandle<usize>), StoreError> {
     let options = WriterOptions {
         max_batch: options.max_batch.max(1),
         max_backlog_presses: options.max_backlog_presses.max(options.max_batch.max(1)),
@@ -421,7 +421,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || {
-            writer.run();
+            let lost = writer.run();
             drop(stop_checkpoints);
             let _ = checkpointer.join();
             // Leave a short WAL behind for the next start and for readers.
@@ -433,6 +433,7 @@ pub fn spawn(
             {
                 tracing::debug!("final checkpoint skipped: {error}");
             }
+            lost
         })
         .map_err(StoreError::Thread)?;
     Ok((
@@ -453,7 +454,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How long a writer whose handles are all gone (the agent stops) keeps
 /// retrying before it gives its backlog up: well inside the service's
 /// stop timeout (30 s), so the loss is logged rather than killed silently.
-const STOP_RETRY_LIMIT: Duration = Duration::from_secs(10);
+const STOP_RETRY_LIMIT: Duration = Duration::from_secs(5);
 
 /// Passive checkpoints until `stop` is dropped: they never block the writer
 /// or readers; what a reader still needs is copied on a later round.
@@ -606,8 +607,9 @@ impl Pending {
 impl Writer {
     /// Rounds of "take what is queued, commit" until every handle is gone
     /// and everything taken is committed (or, while the store still
-    /// refuses writes, [`STOP_RETRY_LIMIT`] has passed).
-    fn run(&mut self) {
+    /// refuses writes, [`STOP_RETRY_LIMIT`] has passed); returns how many
+    /// presses it had to give up.
+    fn run(&mut self) -> usize {
         loop {
             if let Some(failure) = &self.failure {
                 if self
@@ -620,7 +622,7 @@ impl Writer {
                         self.pending.presses.len(),
                         failure.last_error
                     );
-                    return;
+                    return self.pending.presses.len();
                 }
                 self.wait_for_retry();
             } else if self.pending.has_work() {
@@ -652,6 +654,7 @@ impl Writer {
         tracing::debug!(
             "store writer stopped: every handle dropped and everything queued committed"
         );
+        0
     }
 
     /// Takes up to `limit` queued commands without waiting.
