@@ -65,6 +65,7 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     let connector = PortConnector {
         settings: settings.clone(),
+        passed_over: port::PassedOver::default(),
     };
     run_with(settings, connector, store, restored, shutdown).await
 }
@@ -109,6 +110,8 @@ pub trait Connector: Send {
 /// Opens what the device's `port` setting says.
 pub struct PortConnector {
     settings: DeviceSettings,
+    /// `auto`: ports that answered as another device, left alone a while.
+    passed_over: port::PassedOver,
 }
 
 enum SessionEnd {
@@ -138,6 +141,7 @@ impl Connector for PortConnector {
                     self.settings.model,
                     self.settings.baud,
                     criteria,
+                    &mut self.passed_over,
                 )
                 .await
                 .map_err(|error| error.to_string())?;

@@ -131,6 +131,39 @@ pub fn auto_candidates(ports: &[PortInfo], criteria: &AutoMatch) -> Vec<String> 
         .collect()
 }
 
+/// How long `auto` leaves alone a port whose answer was not this device
+/// (another device, a receipt printer that says nothing): without USB ids
+/// to narrow the candidates, a missing keypad must not mean a QUERY to every
+/// other USB serial port every second. A port that disappears from the
+/// listing and comes back (a replug) is asked again at once.
+pub const REPROBE_AFTER: Duration = Duration::from_secs(30);
+
+/// The ports `auto` asked and passed over, and when.
+#[derive(Debug, Default)]
+pub struct PassedOver {
+    ports: std::collections::HashMap<String, std::time::Instant>,
+}
+
+impl PassedOver {
+    /// The candidates worth asking at `now`; forgets ports that are no
+    /// longer candidates (unplugged) and those passed over long enough ago.
+    pub fn worth_asking(&mut self, candidates: &[String], now: std::time::Instant) -> Vec<String> {
+        self.ports.retain(|path, at| {
+            candidates.contains(path) && now.saturating_duration_since(*at) < REPROBE_AFTER
+        });
+        candidates
+            .iter()
+            .filter(|path| !self.ports.contains_key(*path))
+            .cloned()
+            .collect()
+    }
+
+    /// `path` answered, but not as this device (or not at all).
+    pub fn pass_over(&mut self, path: &str, now: std::time::Instant) {
+        self.ports.insert(path.to_string(), now);
+    }
+}
+
 /// What discovery found: the open, framed port, its identity, and anything
 /// the device said before its identity (a press must not be lost to a probe).
 pub struct Found {
@@ -140,15 +173,19 @@ pub struct Found {
     pub earlier: Vec<Decoded>,
 }
 
-/// Tries each candidate in turn: opens it, sends QUERY, and keeps the first
-/// one whose identity is the configured model (and `hardware_id`, if set).
+/// Tries each candidate worth asking in turn: opens it, sends QUERY, and
+/// keeps the first one whose identity is the configured model (and
+/// `hardware_id`, if set). The others that could be opened are passed over
+/// for [`REPROBE_AFTER`].
 pub async fn discover(
     candidates: &[String],
     model: Model,
     baud: u32,
     criteria: &AutoMatch,
+    passed_over: &mut PassedOver,
 ) -> Result<Found, PortError> {
-    for path in candidates {
+    for path in passed_over.worth_asking(candidates, std::time::Instant::now()) {
+        let path = &path;
         let Ok(stream) = open_serial(path, baud) else {
             continue; // in use by another device, or gone since listing
         };
@@ -165,7 +202,7 @@ pub async fn discover(
                     earlier,
                 })
             }
-            None => continue,
+            None => passed_over.pass_over(path, std::time::Instant::now()),
         }
     }
     let mut criteria_text = String::new();
@@ -217,5 +254,44 @@ pub async fn probe(
                 earlier.push(other);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_passed_over_is_asked_again_after_a_while_or_after_a_replug() {
+        let start = std::time::Instant::now();
+        let later = |seconds| start + Duration::from_secs(seconds);
+        let ports = |names: &[&str]| {
+            names
+                .iter()
+                .map(|name| name.to_string())
+                .collect::<Vec<_>>()
+        };
+        let mut passed_over = PassedOver::default();
+        let both = ports(&["/dev/ttyUSB0", "/dev/ttyUSB1"]);
+        assert_eq!(passed_over.worth_asking(&both, start), both);
+        passed_over.pass_over("/dev/ttyUSB0", start);
+        assert_eq!(
+            passed_over.worth_asking(&both, later(1)),
+            ports(&["/dev/ttyUSB1"])
+        );
+        assert_eq!(
+            passed_over.worth_asking(&both, later(29)),
+            ports(&["/dev/ttyUSB1"])
+        );
+        assert_eq!(
+            passed_over.worth_asking(&both, later(30)),
+            both,
+            "asked again"
+        );
+        passed_over.pass_over("/dev/ttyUSB0", later(30));
+        // Unplugged, then plugged in again: asked at once.
+        let one = ports(&["/dev/ttyUSB1"]);
+        assert_eq!(passed_over.worth_asking(&one, later(31)), one);
+        assert_eq!(passed_over.worth_asking(&both, later(32)), both);
     }
 }

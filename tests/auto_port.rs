@@ -7,7 +7,7 @@
 mod support;
 
 use epm_agent::config::{AutoMatch, Model};
-use epm_agent::port::{self, PortInfo, UsbInfo};
+use epm_agent::port::{self, PassedOver, PortInfo, UsbInfo};
 use epm_agent::protocol::UnitId;
 use support::{EmulatorOptions, TestDir};
 
@@ -93,6 +93,7 @@ async fn the_probe_finds_the_configured_model_and_hardware_id() {
             hardware_id: Some(UnitId(0x5010_00B2)),
             ..AutoMatch::default()
         },
+        &mut PassedOver::default(),
     )
     .await
     .expect("the second receiver answers");
@@ -100,21 +101,30 @@ async fn the_probe_finds_the_configured_model_and_hardware_id() {
     assert_eq!(found.identity.hardware_id, UnitId(0x5010_00B2));
     drop(found);
 
-    let found = port::discover(&candidates, Model::Prolan202, 9_600, &AutoMatch::default())
-        .await
-        .expect("the keypad answers");
+    let found = port::discover(
+        &candidates,
+        Model::Prolan202,
+        9_600,
+        &AutoMatch::default(),
+        &mut PassedOver::default(),
+    )
+    .await
+    .expect("the keypad answers");
     assert_eq!(found.path, path(&keypad));
     assert_eq!(found.identity.hardware_id, support::KEYPAD_SERIAL);
     drop(found);
 
+    let not_there = AutoMatch {
+        hardware_id: Some(UnitId(0x0BAD_0BAD)),
+        ..AutoMatch::default()
+    };
+    let mut passed_over = PassedOver::default();
     let missing = port::discover(
         &candidates,
         Model::Prolan501,
         115_200,
-        &AutoMatch {
-            hardware_id: Some(UnitId(0x0BAD_0BAD)),
-            ..AutoMatch::default()
-        },
+        &not_there,
+        &mut passed_over,
     )
     .await;
     let Err(error) = missing else {
@@ -125,4 +135,28 @@ async fn the_probe_finds_the_configured_model_and_hardware_id() {
         message.contains("0BAD0BAD") && message.contains("plugged in"),
         "{message}"
     );
+
+    // Looking again at once (the driver does, every second while the
+    // device is missing) asks none of the ports that answered as others.
+    let emulators = [&keypad, &first_receiver, &second_receiver];
+    let queries = |emulators: &[&support::Emulator]| -> Vec<usize> {
+        emulators
+            .iter()
+            .map(|emulator| {
+                emulator.sync();
+                emulator.observed().queries.len()
+            })
+            .collect()
+    };
+    let before = queries(&emulators);
+    let again = port::discover(
+        &candidates,
+        Model::Prolan501,
+        115_200,
+        &not_there,
+        &mut passed_over,
+    )
+    .await;
+    assert!(again.is_err(), "still not there");
+    assert_eq!(queries(&emulators), before, "no port was asked again");
 }
