@@ -357,6 +357,16 @@ impl Supervisor {
         }
         let agent = AgentInfo::new(&new.agent);
 
+        // Everything that can fail is done before anything running is
+        // stopped: a reload that cannot be applied leaves all running.
+        let reader = Store::open_reader(&new.agent.data_dir)?;
+        let mut windows = HashMap::new();
+        for device in &new.devices {
+            let window = chrono::Duration::from_std(device.model.duplicate_window())
+                .context("duplicate window out of range")?;
+            windows.insert(device.name.clone(), window);
+        }
+
         // Stop first what goes away or changes, so a changed device's port
         // is free and its last state committed before it starts again.
         let mut stopping = Vec::new();
@@ -381,19 +391,29 @@ impl Supervisor {
             }
         }
         futures_util::future::join_all(stopping).await;
+        // Only a store that is gone fails here, and then the agent stops.
         self.store.flush().await?;
 
-        let reader = Store::open_reader(&new.agent.data_dir)?;
         for device in &new.devices {
             if self.devices.contains_key(&device.name) {
                 continue;
             }
-            let window = chrono::Duration::from_std(device.model.duplicate_window())
-                .context("duplicate window out of range")?;
-            let restored = Restored {
-                recent: reader.recent_presses(&device.name, Utc::now() - window)?,
-                counters: reader.device_counters(&device.name)?,
-            };
+            let window = windows
+                .get(&device.name)
+                .copied()
+                .unwrap_or(chrono::Duration::zero());
+            let restored = (|| -> Result<Restored, StoreError> {
+                Ok(Restored {
+                    recent: reader.recent_presses(&device.name, Utc::now() - window)?,
+                    counters: reader.device_counters(&device.name)?,
+                })
+            })();
+            // Whatever the store says, the device runs: without its window
+            // a repeat could count twice, which beats reading nothing.
+            let restored = restored.unwrap_or_else(|error| {
+                tracing::error!(device = %device.name, "cannot read its duplicate window and counters from the store, starting without them: {error}");
+                Restored::default()
+            });
             let stop = self.shutdown.child_token();
             let task = driver::run(device.clone(), self.store.clone(), restored, stop.clone());
             self.devices.insert(
