@@ -13,30 +13,12 @@ use chrono::Utc;
 use reqwest::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
 };
-use serde::Serialize;
 
 use super::policy::Outcome;
-use super::{secret, AgentInfo, SinkError};
+use super::{batch_document, secret, AgentInfo, SinkError};
 use crate::config::{HttpFormat, HttpSinkSettings, SecretSource};
-use crate::event::{format_timestamp, Event, NdjsonLine};
+use crate::event::{format_timestamp, NdjsonLine};
 use crate::store::StoredEvent;
-
-/// The batch object of the `json` format.
-#[derive(Serialize)]
-struct BatchBody<'a> {
-    schema: &'static str,
-    agent: AgentBody<'a>,
-    batch_id: &'a str,
-    sent_at: String,
-    events: Vec<&'a Event>,
-}
-
-#[derive(Serialize)]
-struct AgentBody<'a> {
-    id: &'a str,
-    location: Option<&'a str>,
-    version: &'a str,
-}
 
 pub struct HttpSink {
     name: String,
@@ -186,34 +168,24 @@ impl HttpSink {
         batch_id: &str,
         events: &[StoredEvent],
     ) -> Result<(&'static str, Vec<u8>), std::io::Error> {
-        let mut plain = Vec::with_capacity(events.len() * 320 + 256);
-        let content_type = match self.format {
+        let (content_type, plain) = match self.format {
             HttpFormat::Json => {
-                let body = BatchBody {
-                    schema: "epm-agent.batch.v1",
-                    agent: AgentBody {
-                        id: &self.agent.id,
-                        location: self.agent.location.as_deref(),
-                        version: self.agent.version,
-                    },
-                    batch_id,
-                    sent_at: format_timestamp(Utc::now()),
-                    events: events.iter().map(|stored| &stored.event).collect(),
-                };
-                serde_json::to_writer(&mut plain, &body)?;
-                "application/json"
+                let sent_at = format_timestamp(Utc::now());
+                let document = batch_document(&self.agent, batch_id, &sent_at, events)?;
+                ("application/json", document)
             }
             HttpFormat::Ndjson => {
+                let mut lines = Vec::with_capacity(events.len() * 360);
                 for stored in events {
                     let line = NdjsonLine {
                         event: &stored.event,
                         agent_id: &self.agent.id,
                         location: self.agent.location.as_deref(),
                     };
-                    serde_json::to_writer(&mut plain, &line)?;
-                    plain.push(b'\n');
+                    serde_json::to_writer(&mut lines, &line)?;
+                    lines.push(b'\n');
                 }
-                "application/x-ndjson"
+                ("application/x-ndjson", lines)
             }
         };
         if !self.gzip {

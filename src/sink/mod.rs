@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 use crate::config::{AgentSettings, SinkKind, SinkSettings};
+use crate::event::Event;
 use crate::store::{
     InFlightBatch, SinkState, SinkUpdate, Store, StoreError, StoreHandle, StoredEvent,
 };
@@ -54,6 +55,50 @@ impl AgentInfo {
             version: env!("CARGO_PKG_VERSION"),
         }
     }
+}
+
+/// The batch document of `docs/upload.md` (`schema`, `agent`, `batch_id`,
+/// `sent_at`, `events`): the body of an HTTP `json` POST and the payload of
+/// an MQTT message, defined once here so that the two never drift apart.
+pub fn batch_document(
+    agent: &AgentInfo,
+    batch_id: &str,
+    sent_at: &str,
+    events: &[StoredEvent],
+) -> serde_json::Result<Vec<u8>> {
+    let document = BatchDocument {
+        schema: BATCH_SCHEMA,
+        agent: AgentDocument {
+            id: &agent.id,
+            location: agent.location.as_deref(),
+            version: agent.version,
+        },
+        batch_id,
+        sent_at,
+        events: events.iter().map(|stored| &stored.event).collect(),
+    };
+    let mut bytes = Vec::with_capacity(events.len() * 320 + 256);
+    serde_json::to_writer(&mut bytes, &document)?;
+    Ok(bytes)
+}
+
+/// The `schema` of every batch document.
+pub const BATCH_SCHEMA: &str = "epm-agent.batch.v1";
+
+#[derive(serde::Serialize)]
+struct BatchDocument<'a> {
+    schema: &'static str,
+    agent: AgentDocument<'a>,
+    batch_id: &'a str,
+    sent_at: &'a str,
+    events: Vec<&'a Event>,
+}
+
+#[derive(serde::Serialize)]
+struct AgentDocument<'a> {
+    id: &'a str,
+    location: Option<&'a str>,
+    version: &'a str,
 }
 
 /// A sink that cannot start: the message says what to fix.
@@ -89,11 +134,10 @@ impl Transport {
             SinkKind::Postgres(postgres) => Ok(Transport::Postgres(Box::new(
                 postgres::PostgresSink::new(&settings.name, postgres, agent)?,
             ))),
-            SinkKind::Mqtt(mqtt) => Ok(Transport::Mqtt(Box::new(mqtt::MqttSink::new(
-                &settings.name,
-                mqtt,
-                agent,
-            )?))),
+            SinkKind::Mqtt(mqtt) => Ok(Transport::Mqtt(Box::new(
+                mqtt::MqttSink::new(&settings.name, mqtt, agent)?
+                    .with_max_backoff(settings.max_backoff),
+            ))),
         }
     }
 
@@ -177,20 +221,26 @@ struct Batch {
 
 impl SinkTask {
     async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), StoreError> {
-        loop {
-            if shutdown.is_cancelled() {
-                return Ok(());
+        while !shutdown.is_cancelled() {
+            // Every wait in a round, also for a commit that a full disk
+            // holds up, gives way to the stop: what was not confirmed is
+            // still in flight in the store and is sent again next time.
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                round = self.round(shutdown) => round?,
             }
-            self.retry_dead_letters(shutdown).await?;
-            let Some(batch) = self.next_batch(shutdown).await? else {
-                continue; // woken without a batch: shutdown or new events
-            };
-            let outcome = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()), // the batch stays in flight
-                outcome = self.transport.deliver(&batch.id, &batch.events) => outcome,
-            };
-            self.settle(batch, outcome, shutdown).await?;
         }
+        Ok(())
+    }
+
+    /// Dead letters asked for, then the next batch, sent and settled.
+    async fn round(&mut self, shutdown: &CancellationToken) -> Result<(), StoreError> {
+        self.retry_dead_letters(shutdown).await?;
+        let Some(batch) = self.next_batch(shutdown).await? else {
+            return Ok(()); // woken without a batch: shutdown or new events
+        };
+        let outcome = self.transport.deliver(&batch.id, &batch.events).await;
+        self.settle(batch, outcome, shutdown).await
     }
 
     /// The batch in flight, or a new one from the cursor (recorded as in
@@ -333,7 +383,8 @@ impl SinkTask {
                 self.batch_limit = (batch.events.len() / 2).max(1);
                 self.delivered_at_limit = 0;
                 tracing::warn!(sink = %name, "{reason}: sending at most {} events per batch for now", self.batch_limit);
-                self.narrow(batch, None, &reason).await?;
+                // A lone event still too large is dead-lettered with its 413.
+                self.narrow(batch, Some(413), &reason).await?;
             }
             Action::Split { status, reason } => {
                 self.narrow(batch, status, &reason).await?;
@@ -431,7 +482,13 @@ impl SinkTask {
                 _ = shutdown.cancelled() => return Ok(()),
                 outcome = self.transport.deliver(&batch_id, &events) => outcome,
             };
-            let update = match policy::decide(&outcome, 0, self.settings.pace(), 0.0) {
+            let action = policy::decide(
+                &outcome,
+                self.failures,
+                self.settings.pace(),
+                fastrand::f64(),
+            );
+            let update = match action {
                 Action::Delivered => SinkUpdate::Redelivered {
                     sink: self.settings.name.clone(),
                     seqno,
@@ -444,8 +501,15 @@ impl SinkTask {
                     }
                 }
                 // The backend is not taking anything now: leave the request
-                // standing and let the main loop deal with the outage.
-                Action::Retry { .. } | Action::Pause { .. } => return Ok(()),
+                // standing, wait as the policy says (a dead letter asked for
+                // again must not turn into a tight loop), and let the main
+                // loop deal with the outage.
+                Action::Retry { delay, reason } | Action::Pause { delay, reason } => {
+                    tracing::debug!(sink = %self.settings.name, "{reason}; the dead letters asked for wait {delay:?}");
+                    self.failures = self.failures.saturating_add(1);
+                    sleep_or_shutdown(delay, shutdown).await;
+                    return Ok(());
+                }
             };
             self.store.update_sink(update).await?;
         }

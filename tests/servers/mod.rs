@@ -567,6 +567,10 @@ pub struct MosquittoOptions {
     /// Mosquitto's `max_packet_size`: a client sending a bigger packet is
     /// disconnected.
     pub max_packet_size: Option<u32>,
+    /// More global `mosquitto.conf` lines, as they are (e.g.
+    /// `max_queued_messages 0` for a benchmark's consumer that must not
+    /// lose a message while it falls behind).
+    pub extra_config: Vec<String>,
 }
 
 impl Default for MosquittoOptions {
@@ -577,6 +581,7 @@ impl Default for MosquittoOptions {
             tls: None,
             require_client_certificate: false,
             max_packet_size: None,
+            extra_config: Vec::new(),
         }
     }
 }
@@ -686,6 +691,10 @@ impl Mosquitto {
         }
         if let Some(size) = options.max_packet_size {
             config.push_str(&format!("max_packet_size {size}\n"));
+        }
+        for line in &options.extra_config {
+            config.push_str(line);
+            config.push('\n');
         }
         config.push_str(&format!("listener {} 127.0.0.1\n", self.port));
         if let Some(tls) = &options.tls {
@@ -886,6 +895,24 @@ impl Mosquitto {
     pub fn restart(&mut self) {
         self.stop();
         self.start_again();
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing is
+    /// read or answered (no PUBACK) until `resume`, so a test can catch a
+    /// client with a message in flight.
+    pub fn suspend(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// Lets a suspended broker run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: Signal) {
+        let child = self.child.as_ref().expect("the broker is running");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid fits in i32"));
+        signal::kill(pid, signal).expect("signal mosquitto");
     }
 }
 
@@ -1181,7 +1208,7 @@ fn parse_message(line: &str) -> Option<Message> {
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if hex.len() % 2 == 1 {
         return None;
     }
     (0..hex.len())
