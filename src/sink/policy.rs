@@ -73,7 +73,11 @@ pub struct Pace {
 /// likely broken than serious, and presses should not wait that long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// The first retry waits about this long; each further one doubles it.
-pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(4);
+/// No retry comes sooner than this, however the dice fall.
+pub const SHORTEST_RETRY: Duration = Duration::from_millis(250);
+/// A `Retry-After` shorter than this says nothing worth obeying.
+pub const RETRY_AFTER_FLOOR: Duration = Duration::from_secs(1);
 /// A fixed wait (`Retry-After`, a pause) is stretched by up to this share
 /// at random, so a fleet told the same wait does not return at once.
 pub const FIXED_WAIT_SPREAD: f64 = 0.25;
@@ -117,7 +121,7 @@ pub fn decide(outcome: &Outcome, attempt: u32, pace: Pace, jitter: f64) -> Actio
                 408 | 425 | 429 | 500..=599 => match retry_after {
                     // A wait under a second (`Retry-After: 0`, a date in
                     // the past) says nothing: the usual backoff, no spin.
-                    Some(wait) if *wait >= FIRST_BACKOFF => Action::Retry {
+                    Some(wait) if *wait >= RETRY_AFTER_FLOOR => Action::Retry {
                         delay: stretch((*wait).min(MAX_RETRY_AFTER), jitter),
                         reason,
                     },
@@ -160,12 +164,16 @@ pub fn sqlstate_verdict(sqlstate: &str) -> SqlVerdict {
     }
 }
 
-/// Exponential from [`FIRST_BACKOFF`], capped at `max_backoff`; the upper
-/// half of each step is random ("equal jitter").
+/// Exponential steps from [`FIRST_BACKOFF`], capped at `max_backoff`; the
+/// delay is drawn anywhere in the step, from [`SHORTEST_RETRY`] ("full
+/// jitter"). Measured with 200 agents failing at one instant
+/// (`benches/fleet.rs`): equal jitter from a 1 s first step brought them
+/// back in bursts of up to 3 times the steady rate; a first step of 4 s
+/// drawn in full spreads them below it.
 pub fn backoff(attempt: u32, max_backoff: Duration, jitter: f64) -> Duration {
     let exponential = FIRST_BACKOFF.saturating_mul(1u32 << attempt.min(20));
-    let capped = exponential.min(max_backoff);
-    capped / 2 + capped.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+    let step = exponential.min(max_backoff).max(SHORTEST_RETRY);
+    SHORTEST_RETRY + (step - SHORTEST_RETRY).mul_f64(jitter.clamp(0.0, 1.0))
 }
 
 /// A fixed wait, waited in full plus up to [`FIXED_WAIT_SPREAD`] more.
@@ -229,7 +237,7 @@ mod tests {
 
     #[test]
     fn the_answer_table_of_the_upload_contract() {
-        let first = Duration::from_millis(500); // jitter 0: half of 1 s
+        let first = SHORTEST_RETRY; // jitter 0
         check(Outcome::Accepted, 0, Kind::Delivered);
         check(status(200), 0, Kind::Delivered);
         check(status(204), 3, Kind::Delivered);
@@ -268,8 +276,17 @@ mod tests {
         check(with(120), 0, Kind::Retry(Duration::from_secs(120)));
         check(with(86_400), 0, Kind::Retry(MAX_RETRY_AFTER));
         // Nothing to obey: the usual backoff, never a zero-delay loop.
-        check(with(0), 0, Kind::Retry(Duration::from_millis(500)));
-        check(with(0), 3, Kind::Retry(Duration::from_secs(4)));
+        check(with(0), 0, Kind::Retry(SHORTEST_RETRY));
+        let at_random =
+            |outcome: &Outcome, attempt, jitter| match decide(outcome, attempt, PACE, jitter) {
+                Action::Retry { delay, .. } => delay,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(
+            at_random(&with(0), 2, 1.0),
+            Duration::from_secs(16),
+            "the usual backoff"
+        );
         let too_many = Outcome::Status {
             code: 429,
             retry_after: Some(Duration::from_secs(7)),
@@ -278,14 +295,22 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
-        let steps: Vec<Duration> = (0..12).map(|attempt| backoff(attempt, CAP, 0.0)).collect();
-        assert_eq!(steps[0], Duration::from_millis(500));
-        assert_eq!(steps[1], Duration::from_secs(1));
-        assert_eq!(steps[4], Duration::from_secs(8));
-        assert_eq!(steps[6], CAP / 2);
-        assert_eq!(steps[11], CAP / 2);
-        assert_eq!(backoff(3, CAP, 0.999_999).as_millis(), 7_999);
+    fn backoff_doubles_up_to_the_cap_and_is_drawn_anywhere_in_the_step() {
+        let longest: Vec<Duration> = (0..12).map(|attempt| backoff(attempt, CAP, 1.0)).collect();
+        assert_eq!(longest[0], Duration::from_secs(4));
+        assert_eq!(longest[1], Duration::from_secs(8));
+        assert_eq!(longest[2], Duration::from_secs(16));
+        assert_eq!(longest[3], CAP);
+        assert_eq!(longest[11], CAP);
+        for attempt in 0..12 {
+            assert_eq!(backoff(attempt, CAP, 0.0), SHORTEST_RETRY, "never at once");
+        }
+        assert_eq!(backoff(0, CAP, 0.5), Duration::from_millis(2_125));
+        assert_eq!(
+            backoff(0, Duration::from_millis(100), 0.7),
+            SHORTEST_RETRY,
+            "a cap below the shortest retry"
+        );
         assert_eq!(
             backoff(40, CAP, 1.0),
             CAP,
@@ -299,7 +324,7 @@ mod tests {
             sqlstate: sqlstate.into(),
             message: "from the server".into(),
         };
-        let first = Duration::from_millis(500);
+        let first = SHORTEST_RETRY;
         for sqlstate in [
             "08006", "08001", "40001", "40P01", "53300", "53100", "57P01", "57P02", "57P03",
             "XX000", "55P03",
