@@ -81,6 +81,8 @@ fn build_store(data_dir: &Path, count: u16) -> Vec<Event> {
 }
 
 /// The events of the store in `data_dir`, in store order.
+/// The presses in the store (an agent that ran on it adds its status
+/// events, which are not salvaged presses).
 fn events(data_dir: &Path) -> Vec<Event> {
     let store = Store::open_reader(data_dir).expect("reader");
     store
@@ -88,6 +90,7 @@ fn events(data_dir: &Path) -> Vec<Event> {
         .expect("events")
         .into_iter()
         .map(|stored| stored.event)
+        .filter(|event| event.press().is_some())
         .collect()
 }
 

@@ -378,7 +378,14 @@ fn read_events(
     let mut read = 0;
     while let Some(row) = rows.next()? {
         read += 1;
-        *after = row.get(0)?;
+        let seqno: i64 = row.get(0)?;
+        // A misread page can hand back a row from before: never step back
+        // (the salvage would go round in circles), never keep it twice.
+        if seqno <= *after {
+            *invalid += 1;
+            continue;
+        }
+        *after = seqno;
         match salvaged_event(row) {
             Some(event) => found.push(event),
             None => *invalid += 1,
