@@ -112,6 +112,43 @@ fn every_press_arrives_once_by_id_through_a_broker_restart_and_two_kill_9() {
         stored.len()
     );
     assert_same_events_per_batch_id(&batches);
+    // The agent's status events share the stream: every one the consumer
+    // got is one the store holds, and the starts are among them.
+    let status_events: Vec<Value> = received
+        .iter()
+        .filter(|message| message.topic == EVENTS_TOPIC)
+        .filter_map(|message| serde_json::from_slice::<Value>(&message.payload).ok())
+        .flat_map(|document| document["events"].as_array().cloned().unwrap_or_default())
+        .filter(|event| event["type"] == "agent_status")
+        .collect();
+    let stored_status: BTreeSet<String> = {
+        let connection = support::open_store(&dir.data_dir()).expect("the store");
+        let mut statement = connection
+            .prepare("SELECT id FROM events WHERE type = 'agent_status'")
+            .expect("prepare");
+        statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert!(
+        status_events
+            .iter()
+            .any(|event| event["status"]["reason"] == "start"),
+        "no start status event arrived: {status_events:?}"
+    );
+    for event in &status_events {
+        let id = event["id"].as_str().unwrap_or_default();
+        assert!(
+            stored_status.contains(id),
+            "status event {id} is not a stored one"
+        );
+        assert!(
+            event.get("device").is_none(),
+            "press fields on a status event: {event}"
+        );
+    }
     let resent: Vec<&Batch> = batches
         .iter()
         .filter(|batch| batch.batch_id == in_flight)
