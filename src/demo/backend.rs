@@ -195,7 +195,10 @@ struct EventBody {
     id: String,
     #[serde(rename = "type")]
     event_type: String,
+    /// Press fields; absent from other types (`agent_status`).
+    #[serde(default)]
     answer: Option<String>,
+    #[serde(default)]
     suppressed: bool,
 }
 
