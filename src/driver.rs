@@ -721,6 +721,79 @@ async fn write_to_device(
 mod tests {
     use super::*;
 
+    /// Opens at once and reads end-of-file at once: the far side of each
+    /// pipe is gone before the driver reads.
+    struct EndsAtOnce {
+        opened: Arc<tokio::sync::Notify>,
+        count: Arc<AtomicU64>,
+    }
+
+    impl Connector for EndsAtOnce {
+        async fn connect(&mut self, _: &CancellationToken) -> Result<Connection, String> {
+            let (near, far) = tokio::io::duplex(64);
+            drop(far);
+            self.count.fetch_add(1, Ordering::SeqCst);
+            self.opened.notify_one();
+            Ok(Connection {
+                port: "pipe".into(),
+                link: tokio_util::codec::Framed::new(Box::new(near), AnyCodec::new(true)),
+                identity: None,
+                earlier: Vec::new(),
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_port_that_opens_then_ends_at_once_is_reopened_with_backoff() {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let store = crate::store::Store::open_writer(folder.path()).expect("a store");
+        let (handle, writer) =
+            crate::store::writer::spawn(store, Default::default()).expect("the writer");
+        let settings = DeviceSettings {
+            name: "cashdesk".into(),
+            model: Model::Prolan202,
+            port: PortSetting::Path("pipe".into()),
+            baud: Model::Prolan202.default_baud(),
+            question: None,
+            keymap: Default::default(),
+            min_interval: Duration::ZERO,
+            ack: true,
+            simulator: crate::config::SimulatorSettings {
+                remotes: 1,
+                presses_per_min: 1.0,
+            },
+        };
+        let opened = Arc::new(tokio::sync::Notify::new());
+        let count = Arc::new(AtomicU64::new(0));
+        let connector = EndsAtOnce {
+            opened: Arc::clone(&opened),
+            count: Arc::clone(&count),
+        };
+        let shutdown = CancellationToken::new();
+        let started = Instant::now();
+        let driver = tokio::spawn(run_with(
+            settings,
+            connector,
+            handle,
+            Restored::default(),
+            shutdown.clone(),
+        ));
+        // The paused clock moves only to the driver's own timers, so the
+        // time passed is the backoff it waited between the opens.
+        while count.load(Ordering::SeqCst) < 8 {
+            opened.notified().await;
+        }
+        let waited = started.elapsed();
+        shutdown.cancel();
+        driver.await.expect("the driver").expect("no store error");
+        drop(writer);
+        // 100 ms, 200, 400, 800, then 1 s each: 4.5 s before the 8th open.
+        assert!(
+            waited >= RECONNECT_FIRST * 15 + RECONNECT_CAP * 3 - Duration::from_millis(10),
+            "8 opens in {waited:?}"
+        );
+    }
+
     #[derive(Clone, Copy, Debug)]
     enum Step {
         Connected(i64),

@@ -8,7 +8,7 @@ mod support;
 
 use epm_agent::config::{AutoMatch, Model};
 use epm_agent::port::{self, PassedOver, PortInfo, UsbInfo};
-use epm_agent::protocol::UnitId;
+use epm_agent::protocol::{Decoded, Inbound, UnitId};
 use support::{EmulatorOptions, TestDir};
 
 fn usb(path: &str, vid: u16, pid: u16) -> PortInfo {
@@ -159,4 +159,39 @@ async fn the_probe_finds_the_configured_model_and_hardware_id() {
     .await;
     assert!(again.is_err(), "still not there");
     assert_eq!(queries(&emulators), before, "no port was asked again");
+}
+
+/// Presses a receiver sends while it is being asked who it is (a customer
+/// pressing as the agent starts) are kept with the port it was found on,
+/// in order, so that the driver stores and acknowledges them.
+#[tokio::test]
+async fn presses_read_while_probing_are_handed_on_not_dropped() {
+    let dir = TestDir::new();
+    let receiver = dir.receiver("radio", EmulatorOptions::receiver());
+    let remote = UnitId(0x301A_0002);
+    for counter in 1..=3u16 {
+        receiver.press(support::radio_press(remote, 1, counter, -60, Some(90)));
+    }
+    receiver.sync();
+    let candidates = vec![receiver.port_path().display().to_string()];
+    let found = port::discover(
+        &candidates,
+        Model::Prolan501,
+        115_200,
+        &AutoMatch::default(),
+        &mut PassedOver::default(),
+    )
+    .await
+    .expect("the receiver answers");
+    let counters: Vec<u16> = found
+        .earlier
+        .iter()
+        .filter_map(|decoded| match decoded {
+            Decoded::Message(Inbound::Press(press)) => Some(press.seq),
+            _ => None,
+        })
+        .collect();
+    // Each press came three times (the radio repeats it); every copy is
+    // handed on, and the driver's duplicate filter keeps one.
+    assert_eq!(counters, vec![1, 1, 1, 2, 2, 2, 3, 3, 3]);
 }

@@ -226,19 +226,24 @@ fn retry_after_is_obeyed_during_an_outage() {
     );
 }
 
-#[test]
-fn a_401_pauses_the_sink_keeps_every_event_and_never_logs_the_token() {
-    const TOKEN: &str = "tok-7Qm2x9-never-in-logs";
-    const UNAUTHORIZED_FOR: Duration = Duration::from_secs(3);
-    let backend = Backend::start(Expect {
-        token: Some(TOKEN.into()),
-        ..Expect::plain(Format::Json)
-    });
-    backend.set_plan(|_: &Incoming<'_>| Answer::Status(401));
-    let sink = SinkConfig::new("reporter", &backend);
+/// A backend that answers `answer` to everything for `lasting` from its
+/// first request: the sink must pause with an error naming `named`, take
+/// nothing, stay paused, and deliver everything (in store order, nothing
+/// dead-lettered) once the backend accepts. Stops the agent; returns its
+/// stderr and the requests, after checking that the slow pace of a paused
+/// sink (paused_retry_s = 1) made about one try a second.
+fn paused_then_delivered(
+    backend: &Backend,
+    answer: Answer,
+    named: &str,
+    lasting: Duration,
+) -> (String, Vec<Request>) {
+    let plan = answer.clone();
+    backend.set_plan(move |_: &Incoming<'_>| plan.clone());
+    let sink = SinkConfig::new("reporter", backend);
     let case = Case::new(presses(50, &[]), std::slice::from_ref(&sink));
     let mut agent = case.start();
-    agent.wait_until(DELIVERY_TIMEOUT, "the sink paused by the 401", || {
+    agent.wait_until(DELIVERY_TIMEOUT, "the sink paused", || {
         case.sink_row(&sink.name)
             .is_some_and(|row| row.state == "paused")
     });
@@ -246,44 +251,59 @@ fn a_401_pauses_the_sink_keeps_every_event_and_never_logs_the_token() {
     assert!(
         row.last_error
             .as_deref()
-            .is_some_and(|error| error.contains("401")),
-        "last_error {:?}",
+            .is_some_and(|error| error.contains(named)),
+        "last_error {:?}, expected it to name {named:?}",
         row.last_error
     );
     let first = backend.requests()[0].at;
     agent.wait_until(
-        UNAUTHORIZED_FOR + Duration::from_secs(1),
-        "the end of the 401s",
-        || backend.elapsed() >= first + UNAUTHORIZED_FOR,
+        lasting + Duration::from_secs(1),
+        "the end of the answers",
+        || backend.elapsed() >= first + lasting,
     );
     assert_eq!(
-        case.sink_row(&sink.name).map(|row| row.state),
-        Some("paused".to_string()),
-        "the sink is paused for as long as the 401s last"
+        case.sink_row(&sink.name)
+            .map(|row| (row.state, row.delivered)),
+        Some(("paused".to_string(), 0)),
+        "the sink is paused, nothing marked delivered, for as long as {answer:?} lasts"
     );
     backend.set_plan(|_: &Incoming<'_>| Answer::Accept);
     agent.wait_until(DELIVERY_TIMEOUT, "every event delivered", || {
-        case.delivered_all(&backend, &sink)
+        case.delivered_all(backend, &sink)
     });
     let stderr = agent.stop();
 
     let requests = backend.requests();
-    assert_everything_in_store_order(&case, &backend, &sink, &agent);
+    assert_everything_in_store_order(&case, backend, &sink, &agent);
     assert_retries_resend_the_same_events(&requests);
-    assert_eq!(case.dead_letters(), vec![], "a 401 dead-letters nothing");
+    assert_eq!(
+        case.dead_letters(),
+        vec![],
+        "{answer:?} dead-letters nothing"
+    );
     let row = case.sink_row(&sink.name).expect("the sink's row");
     assert_eq!((row.state.as_str(), row.last_error), ("ok", None));
-    let unauthorized: Vec<&Request> = requests
+    let refused = requests
         .iter()
-        .filter(|request| request.answer == Answer::Status(401))
-        .collect();
-    // Paused on the slow pace (paused_retry_s = 1): about one try a second.
+        .filter(|request| request.answer == answer)
+        .count();
     assert!(
-        (2..=6).contains(&unauthorized.len()),
-        "{} requests in {UNAUTHORIZED_FOR:?} of 401s with max_backoff_s = 1\n{}",
-        unauthorized.len(),
+        (2..=6).contains(&refused),
+        "{refused} requests in {lasting:?} of {answer:?} with paused_retry_s = 1\n{}",
         summary(&requests)
     );
+    (stderr, requests)
+}
+
+#[test]
+fn a_401_pauses_the_sink_keeps_every_event_and_never_logs_the_token() {
+    const TOKEN: &str = "tok-7Qm2x9-never-in-logs";
+    let backend = Backend::start(Expect {
+        token: Some(TOKEN.into()),
+        ..Expect::plain(Format::Json)
+    });
+    let (stderr, requests) =
+        paused_then_delivered(&backend, Answer::Status(401), "401", Duration::from_secs(3));
     for request in &requests {
         assert_eq!(
             request.authorization.as_deref(),
@@ -292,6 +312,53 @@ fn a_401_pauses_the_sink_keeps_every_event_and_never_logs_the_token() {
     }
     assert_not_logged(&stderr, TOKEN);
     assert_not_logged(&stderr, "7Qm2x9");
+}
+
+/// A captive portal or a wrong proxy: `200` with a web page.
+#[test]
+fn an_html_200_pauses_the_sink_and_takes_nothing() {
+    let backend = Backend::start(Expect::plain(Format::Json));
+    paused_then_delivered(
+        &backend,
+        Answer::WebPage,
+        "web page",
+        Duration::from_secs(3),
+    );
+}
+
+#[test]
+fn answers_are_read_so_one_connection_carries_every_batch() {
+    let backend = Backend::start(Expect::plain(Format::Json));
+    let mut answered = 0;
+    // Some failures among the acceptances: an error's body must be read too.
+    backend.set_plan(move |_: &Incoming<'_>| {
+        answered += 1;
+        match answered % 3 {
+            0 => Answer::Status(503),
+            _ => Answer::Accept,
+        }
+    });
+    let sink = SinkConfig {
+        batch_size: 10,
+        ..SinkConfig::new("reporter", &backend)
+    };
+    let case = Case::new(presses(120, &[]), std::slice::from_ref(&sink));
+    let mut agent = case.start();
+    agent.wait_until(DELIVERY_TIMEOUT, "every event delivered", || {
+        case.delivered_all(&backend, &sink)
+    });
+    agent.stop();
+
+    let requests = backend.requests();
+    assert!(requests.len() >= 18, "{}", summary(&requests));
+    assert_eq!(
+        backend.connections(),
+        1,
+        "{} requests over {} connections\n{}",
+        requests.len(),
+        backend.connections(),
+        summary(&requests)
+    );
 }
 
 #[test]
@@ -431,10 +498,22 @@ fn dead_letters_are_listed_and_sent_again_on_request() {
         "{table}"
     );
 
-    // The backend is fixed; the running agent sends them when asked.
-    backend.set_plan(|_: &Incoming<'_>| Answer::Accept);
+    // Asked to send them again while the backend is down: the request
+    // stands, and the agent backs off instead of looping (max_backoff_s 1).
+    backend.set_plan(|_: &Incoming<'_>| Answer::Status(503));
+    let before = backend.requests().len();
     let said = deadletter(&["retry", "--sink", "reporter"]);
     assert!(said.starts_with("2 dead letters"), "{said}");
+    std::thread::sleep(Duration::from_secs(3));
+    let while_down = backend.requests().len() - before;
+    assert!(
+        (1..=14).contains(&while_down),
+        "{while_down} requests in 3 s while the backend answered 503\n{}",
+        summary(&backend.requests())
+    );
+
+    // The backend is fixed; the standing request is carried out.
+    backend.set_plan(|_: &Incoming<'_>| Answer::Accept);
     agent.wait_until(DELIVERY_TIMEOUT, "the dead letters delivered", || {
         case.dead_letters().is_empty()
     });
@@ -504,6 +583,51 @@ fn a_413_halves_the_batch_until_it_fits() {
             .all(|request| request.ids.len() <= LARGEST_ACCEPTED),
         "sizes sent: {sizes:?}"
     );
+}
+
+#[test]
+fn an_event_too_large_alone_is_dead_lettered_with_its_413() {
+    const POISON: [usize; 2] = [5, 22];
+    let backend = Backend::start(Expect::plain(Format::Json));
+    // The poison events are too large even alone.
+    backend.set_plan(|incoming: &Incoming<'_>| {
+        if incoming.has_key(u64::from(POISON_KEY)) {
+            Answer::Status(413)
+        } else {
+            Answer::Accept
+        }
+    });
+    let sink = SinkConfig {
+        batch_size: 8,
+        ..SinkConfig::new("reporter", &backend)
+    };
+    let case = Case::new(presses(40, &POISON), std::slice::from_ref(&sink));
+    let mut agent = case.start();
+    agent.wait_until(DELIVERY_TIMEOUT, "the cursor past the last press", || {
+        case.sink_row(&sink.name)
+            .is_some_and(|row| row.delivered_seqno >= case.last_seqno() && row.batch_id.is_none())
+    });
+    agent.stop();
+
+    let poison: Vec<(String, i64, Option<u16>)> = case
+        .events
+        .iter()
+        .filter(|event| event.key == POISON_KEY)
+        .map(|event| (event.id.clone(), event.seqno, Some(413)))
+        .collect();
+    let dead: Vec<(String, i64, Option<u16>)> = case
+        .dead_letters()
+        .into_iter()
+        .map(|letter| (letter.event_id, letter.seqno, letter.status))
+        .collect();
+    assert_eq!(dead, poison, "each poison event dead-lettered with its 413");
+    let healthy: Vec<String> = case
+        .events
+        .iter()
+        .filter(|event| event.key != POISON_KEY)
+        .map(|event| event.id.clone())
+        .collect();
+    assert_eq!(backend.received_press_ids(), healthy, "{}", agent.tail());
 }
 
 #[test]

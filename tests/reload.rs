@@ -285,3 +285,80 @@ fn sighup_applies_a_changed_file_and_ignores_a_broken_one_while_presses_stream()
     let stderr = stderr_of(&dir);
     assert!(stderr.contains("configuration applied"), "{stderr}");
 }
+
+/// A reload that cannot be applied in full (here a changed sink whose
+/// `ca_file` is no certificate, found only when the sink is set up) is
+/// refused before anything running is stopped: the changed device keeps
+/// its port and goes on being read, the unchanged sink goes on writing.
+#[test]
+fn a_reload_that_fails_half_way_leaves_everything_running() {
+    let dir = TestDir::new();
+    let keypad = dir.keypad("cashdesk", EmulatorOptions::keypad());
+    let keymap = DeviceConfig::keymap(&[(1, "yes"), (2, "neutral"), (3, "no")]);
+    let kept: PathBuf = dir.path().join("kept-files");
+    let not_pem = dir.path().join("not-a-certificate.pem");
+    fs::write(&not_pem, "this is not a certificate\n").expect("write the file");
+    let http_sink = |ca_file: Option<&Path>| {
+        let mut text = "\n[[sink]]\nname = \"reporter\"\nkind = \"http\"\nurl = \"https://127.0.0.1:9/v1/events\"\n".to_string();
+        if let Some(path) = ca_file {
+            text.push_str(&format!("ca_file = \"{}\"\n", path.display()));
+        }
+        text
+    };
+    let config = dir.write_config(&[DeviceConfig::of(&keypad, "recommend", keymap.clone())]);
+    append(&config, &(file_sink("kept", &kept) + &http_sink(None)));
+    let mut agent = dir.start_agent(&config, &[&keypad]);
+    for seq in 1..=10u16 {
+        keypad.press(keypad_press(1, seq));
+    }
+    dir.wait_for_events(10, STORE_TIMEOUT);
+
+    // The device changed (another question) and the sink changed to a
+    // certificate file that cannot be read as one.
+    let changed = dir.write_config(&[DeviceConfig::of(&keypad, "another question", keymap)]);
+    append(
+        &changed,
+        &(file_sink("kept", &kept) + &http_sink(Some(&not_pem))),
+    );
+    agent.signal(Signal::SIGHUP);
+    dir.wait_until(RELOAD_TIMEOUT, "the reload to be refused", || {
+        let stderr = stderr_of(&dir);
+        if stderr.contains("the new configuration is not used") {
+            Ok(())
+        } else {
+            Err("no refusal logged yet".to_string())
+        }
+    });
+    for seq in 11..=20u16 {
+        keypad.press(keypad_press(2, seq));
+    }
+    let events = dir.wait_for_events(20, STORE_TIMEOUT);
+    dir.wait_until(RELOAD_TIMEOUT, "the file sink to write every press", || {
+        let count = press_ids_in(&kept).len();
+        if count == 20 {
+            Ok(())
+        } else {
+            Err(format!("{count} of 20 lines"))
+        }
+    });
+    agent.assert_running();
+    agent.stop_cleanly();
+
+    assert!(
+        events
+            .iter()
+            .all(|event| event.question.as_deref() == Some("recommend")),
+        "every press under the running configuration's question"
+    );
+    assert_eq!(
+        keypad.observed().queries.len(),
+        1,
+        "the device was never stopped, so its port was never reopened"
+    );
+    let stderr = stderr_of(&dir);
+    assert!(stderr.contains("not-a-certificate.pem"), "{stderr}");
+    assert!(
+        !stderr.contains("stopping (removed or changed)"),
+        "{stderr}"
+    );
+}

@@ -146,21 +146,27 @@ impl HttpSink {
             .body(body)
             .send()
             .await;
-        match response {
-            Ok(response) => {
-                let code = response.status().as_u16();
-                if (200..300).contains(&code) {
-                    return Outcome::Accepted;
-                }
-                let retry_after = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| parse_retry_after(value, SystemTime::now()));
-                Outcome::Status { code, retry_after }
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => return Outcome::Transport(describe_error(&error)),
+        };
+        let code = response.status().as_u16();
+        let outcome = if (200..300).contains(&code) {
+            if is_web_page(response.headers()) {
+                Outcome::WebPage { code }
+            } else {
+                Outcome::Accepted
             }
-            Err(error) => Outcome::Transport(describe_error(&error)),
-        }
+        } else {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| parse_retry_after(value, SystemTime::now()));
+            Outcome::Status { code, retry_after }
+        };
+        drain(response).await;
+        outcome
     }
 
     fn encode(
@@ -198,6 +204,35 @@ impl HttpSink {
         encoder.write_all(&plain)?;
         Ok((content_type, encoder.finish()?))
     }
+}
+
+/// The most of an answer's body read (and thrown away) so that its
+/// connection can carry the next request; a longer body costs the
+/// connection instead.
+const DRAINED_BODY_LIMIT: usize = 64 * 1024;
+
+/// Reads the body of an answer to its end, up to `DRAINED_BODY_LIMIT`: a
+/// body left unread (beyond what hyper read with the headers) keeps hyper
+/// from putting the connection back in the pool, and the next batch opens a
+/// new one (measured: 50 kB error pages cost a connection each). The answer is already
+/// decided by the status, so a body that fails to arrive changes nothing.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        read += chunk.len();
+        if read > DRAINED_BODY_LIMIT {
+            break;
+        }
+    }
+}
+
+/// A `Content-Type` of `text/html` (any parameters, any case).
+fn is_web_page(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("text/html"))
 }
 
 /// `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -271,6 +306,24 @@ mod tests {
         );
         check("soon", None);
         check("-5", None);
+    }
+
+    #[test]
+    fn only_text_html_is_a_web_page() {
+        let check = |value: Option<&str>, expected: bool| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_str(value).expect("header"));
+            }
+            assert_eq!(is_web_page(&headers), expected, "{value:?}");
+        };
+        check(Some("text/html"), true);
+        check(Some("Text/HTML; charset=utf-8"), true);
+        check(Some(" text/html ;charset=iso-8859-1"), true);
+        check(Some("application/json"), false);
+        check(Some("text/plain"), false);
+        check(Some("application/xhtml+xml"), false);
+        check(None, false);
     }
 
     #[test]

@@ -10,6 +10,9 @@ use std::time::Duration;
 pub enum Outcome {
     /// 2xx, a COMMIT, every PUBACK, or the file sink wrote and synced the batch.
     Accepted,
+    /// A 2xx whose `Content-Type` is `text/html`: a captive portal, a login
+    /// page or a wrong proxy answered, not a backend. Nothing was taken.
+    WebPage { code: u16 },
     /// Any other HTTP status.
     Status {
         code: u16,
@@ -73,7 +76,7 @@ pub struct Pace {
 /// likely broken than serious, and presses should not wait that long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// The first retry waits about this long; each further one doubles it.
-pub const FIRST_BACKOFF: Duration = Duration::from_secs(4);
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(8);
 /// No retry comes sooner than this, however the dice fall.
 pub const SHORTEST_RETRY: Duration = Duration::from_millis(250);
 /// A `Retry-After` shorter than this says nothing worth obeying.
@@ -97,6 +100,11 @@ pub fn decide(outcome: &Outcome, attempt: u32, pace: Pace, jitter: f64) -> Actio
         Outcome::Accepted => Action::Delivered,
         Outcome::Transport(error) | Outcome::Local(error) => retry(error.clone()),
         Outcome::Misconfigured(error) => pause(error.clone()),
+        Outcome::WebPage { code } => pause(format!(
+            "{}, but the URL answers with a web page (text/html), not a backend: \
+             check the sink's url and any proxy or captive portal on the way",
+            StatusText(*code)
+        )),
         Outcome::Rejected(reason) => Action::Split {
             status: None,
             reason: reason.clone(),
@@ -168,8 +176,10 @@ pub fn sqlstate_verdict(sqlstate: &str) -> SqlVerdict {
 /// delay is drawn anywhere in the step, from [`SHORTEST_RETRY`] ("full
 /// jitter"). Measured with 200 agents failing at one instant
 /// (`benches/fleet.rs`): equal jitter from a 1 s first step brought them
-/// back in bursts of up to 3 times the steady rate; a first step of 4 s
-/// drawn in full spreads them below it.
+/// back in bursts of up to 3 times the steady rate, a first step of 4 s
+/// drawn in full at up to 1.2 times; 8 s keeps them below it (an agent
+/// sends about every 3 s, so most of a fleet's first retries fall after
+/// its last regular attempt).
 pub fn backoff(attempt: u32, max_backoff: Duration, jitter: f64) -> Duration {
     let exponential = FIRST_BACKOFF.saturating_mul(1u32 << attempt.min(20));
     let step = exponential.min(max_backoff).max(SHORTEST_RETRY);
@@ -259,6 +269,8 @@ mod tests {
             check(status(code), 0, Kind::Pause(SLOW));
         }
         check(status(301), 0, Kind::Pause(SLOW));
+        check(Outcome::WebPage { code: 200 }, 0, Kind::Pause(SLOW));
+        check(Outcome::WebPage { code: 204 }, 4, Kind::Pause(SLOW));
         check(status(413), 0, Kind::Halve);
         for code in [400, 402, 409, 410, 415, 422, 451] {
             check(status(code), 0, Kind::Split);
@@ -283,7 +295,7 @@ mod tests {
                 other => panic!("{other:?}"),
             };
         assert_eq!(
-            at_random(&with(0), 2, 1.0),
+            at_random(&with(0), 1, 1.0),
             Duration::from_secs(16),
             "the usual backoff"
         );
@@ -297,15 +309,14 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap_and_is_drawn_anywhere_in_the_step() {
         let longest: Vec<Duration> = (0..12).map(|attempt| backoff(attempt, CAP, 1.0)).collect();
-        assert_eq!(longest[0], Duration::from_secs(4));
-        assert_eq!(longest[1], Duration::from_secs(8));
-        assert_eq!(longest[2], Duration::from_secs(16));
-        assert_eq!(longest[3], CAP);
+        assert_eq!(longest[0], Duration::from_secs(8));
+        assert_eq!(longest[1], Duration::from_secs(16));
+        assert_eq!(longest[2], CAP);
         assert_eq!(longest[11], CAP);
         for attempt in 0..12 {
             assert_eq!(backoff(attempt, CAP, 0.0), SHORTEST_RETRY, "never at once");
         }
-        assert_eq!(backoff(0, CAP, 0.5), Duration::from_millis(2_125));
+        assert_eq!(backoff(0, CAP, 0.5), Duration::from_millis(4_125));
         assert_eq!(
             backoff(0, Duration::from_millis(100), 0.7),
             SHORTEST_RETRY,

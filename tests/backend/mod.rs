@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -143,13 +143,16 @@ pub enum Answer {
     /// The events are kept, then the connection is dropped: the answer is
     /// lost, so the agent must send the same batch again.
     AcceptThenReset,
+    /// 200 with a `text/html` page, nothing kept: a captive portal or a
+    /// wrong proxy, not a backend.
+    WebPage,
 }
 
 impl Answer {
     /// The status that goes out, `None` when no answer does.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Answer::Accept => Some(200),
+            Answer::Accept | Answer::WebPage => Some(200),
             Answer::Status(status) | Answer::RetryAfter { status, .. } => Some(*status),
             Answer::Hang(_) | Answer::Reset | Answer::AcceptThenReset => None,
         }
@@ -204,6 +207,8 @@ pub struct Backend {
 
 struct Shared {
     started: Instant,
+    /// TCP connections accepted so far.
+    connections: Arc<AtomicUsize>,
     expect: Expect,
     inner: Mutex<Inner>,
 }
@@ -233,6 +238,7 @@ impl Backend {
         let address = listener.local_addr()?;
         let shared = Arc::new(Shared {
             started: Instant::now(),
+            connections: Arc::default(),
             expect,
             inner: Mutex::new(Inner {
                 plan: Box::new(|_: &Incoming<'_>| Answer::Accept),
@@ -241,13 +247,21 @@ impl Backend {
                 seen: HashMap::new(),
             }),
         });
+        let accepted = Arc::clone(&shared.connections);
         let router = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&shared));
         let service = router.into_make_service_with_connect_info::<Connection>();
         runtime.spawn(async move {
             // Runs until the runtime is dropped with the backend.
-            let _ = axum::serve(FaultListener { inner: listener }, service).await;
+            let _ = axum::serve(
+                FaultListener {
+                    inner: listener,
+                    accepted,
+                },
+                service,
+            )
+            .await;
         });
         Ok(Backend {
             runtime: Some(runtime),
@@ -318,6 +332,12 @@ impl Backend {
     pub fn has_all(&self, ids: &[String]) -> bool {
         let inner = self.shared.lock();
         ids.iter().all(|id| inner.seen.contains_key(id))
+    }
+
+    /// TCP connections accepted so far (a client that reuses its
+    /// connections makes one).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// How long ago the backend started (the clock of [`Request::at`]).
@@ -403,18 +423,46 @@ async fn handle(
         answer
     };
 
+    // Every answer has a body, as a real server's does: the agent must read
+    // it to reuse the connection.
     match answer {
-        Answer::Accept => StatusCode::OK.into_response(),
-        Answer::Status(status) => status_code(status).into_response(),
-        Answer::RetryAfter { status, seconds } => {
-            (status_code(status), [("retry-after", seconds.to_string())]).into_response()
-        }
+        Answer::Accept => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            "{\"accepted\": true}",
+        )
+            .into_response(),
+        Answer::WebPage => (
+            StatusCode::OK,
+            [("content-type", "text/html; charset=utf-8")],
+            "<!doctype html><title>Sign in</title><p>Accept the terms to use this network.",
+        )
+            .into_response(),
+        // An error page the size of a verbose framework's (a stack trace):
+        // more than hyper reads with the headers, so a client that drops it
+        // unread loses the connection.
+        Answer::Status(status) => (status_code(status), error_page(status)).into_response(),
+        Answer::RetryAfter { status, seconds } => (
+            status_code(status),
+            [("retry-after", seconds.to_string())],
+            "try later\n",
+        )
+            .into_response(),
         Answer::Hang(duration) => {
             tokio::time::sleep(duration).await;
             connection.drop_without_answer()
         }
         Answer::Reset | Answer::AcceptThenReset => connection.drop_without_answer(),
     }
+}
+
+/// About 50 kB of text, as a server's error page with its details.
+fn error_page(status: u16) -> String {
+    let mut page = format!("status {status}\n");
+    while page.len() < 50_000 {
+        page.push_str("    at some.framework.Handler.invoke(Handler.java:123)\n");
+    }
+    page
 }
 
 fn status_code(status: u16) -> StatusCode {
@@ -783,6 +831,7 @@ pub fn event_fields(event: &Value) -> Map<String, Value> {
 /// The listener: plain TCP, each connection with its kill switch.
 struct FaultListener {
     inner: TcpListener,
+    accepted: Arc<AtomicUsize>,
 }
 
 /// A connection as the handler sees it (axum's "connect info"): the switch
@@ -829,6 +878,7 @@ impl Listener for FaultListener {
             // Best effort: without it a dropped connection ends with FIN,
             // which the agent sees as an incomplete answer all the same.
             let _ = stream.set_zero_linger();
+            self.accepted.fetch_add(1, Ordering::SeqCst);
             let connection = Connection::default();
             let io = FaultStream {
                 inner: stream,

@@ -348,6 +348,11 @@ impl Diagnostics {
 impl Agent {
     /// `kill -9`, and reaps the process: when this returns, the agent's
     /// ports and store are closed.
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill(&mut self) {
         self.child.kill().expect("cannot SIGKILL the agent");
         self.child.wait().expect("cannot reap the agent");
@@ -587,6 +592,12 @@ impl Pty {
 
     pub fn slave_path(&self) -> &Path {
         &self.slave_path
+    }
+
+    /// The device's side (non-blocking): what is written here the agent
+    /// reads from the slave.
+    pub fn master(&self) -> &File {
+        &self.master
     }
 
     /// Clears the exclusive-open flag the agent set (TIOCEXCL) on the slave.
