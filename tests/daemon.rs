@@ -415,3 +415,67 @@ fn a_folder_or_store_the_service_user_cannot_write_exits_2_and_leaves_nothing() 
         names_in(&data_dir)
     );
 }
+
+/// A read-only mount (a tmpfs mounted `ro`: the state of a filesystem
+/// remounted read-only after errors), both as the data_dir's parent and
+/// holding an existing store.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_data_dir_on_a_read_only_mount_exits_2_and_leaves_nothing() {
+    if !nix::unistd::getuid().is_root() {
+        return; // mounting needs root
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mount_point = dir.path().join("mnt");
+    std::fs::create_dir(&mount_point).expect("mkdir");
+    // Made writable first, with a store in it, then remounted read-only.
+    let mount = |options: &str| {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(&mount_point)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -o {options}");
+    };
+    mount("size=4m");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mount_point);
+    let with_store = mount_point.join("with-store");
+    std::fs::create_dir(&with_store).expect("mkdir");
+    rusqlite::Connection::open(with_store.join("epm-agent.db"))
+        .and_then(|connection| connection.execute_batch("CREATE TABLE t (x)"))
+        .expect("a store file");
+    let remount = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&mount_point)
+        .status()
+        .expect("run mount");
+    assert!(remount.success(), "remount read-only");
+
+    for data_dir in [mount_point.join("data"), with_store.clone()] {
+        let config = config_with_data_dir(dir.path(), &data_dir);
+        let before = names_in(&mount_point);
+        let (code, stderr) = run_to_exit(&config, None);
+        assert_eq!(code, Some(2), "{}: {stderr}", data_dir.display());
+        assert!(stderr.contains("read-only"), "says why: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one message: {stderr}");
+        assert_eq!(
+            stderr.matches(&data_dir.display().to_string()).count(),
+            1,
+            "the path once: {stderr}"
+        );
+        assert_eq!(names_in(&mount_point), before, "nothing created");
+        if data_dir == with_store {
+            assert_eq!(
+                names_in(&with_store),
+                ["epm-agent.db"],
+                "no -wal, -shm or lock"
+            );
+        }
+    }
+}
