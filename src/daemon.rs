@@ -26,10 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent_status::{self, Reason, Reporter};
 use crate::clock::ClockWatch;
-use crate::config::{self, DeviceSettings, Settings, SinkSettings, StoreSettings};
+use crate::config::{self, DeviceSettings, Settings};
 use crate::driver::{self, Restored};
 use crate::notify;
 use crate::sink::{self, AgentInfo, Transport};
+use crate::store::blocking::{run_blocking, AsyncReader};
 use crate::store::lock::{DataDirLock, LockError};
 use crate::store::{self, retention, writer, Store, StoreError, StoreHandle, WriterOptions};
 
@@ -151,14 +152,13 @@ pub async fn serve(
     supervise(Some(config_path), settings, shutdown, reloads).await
 }
 
-/// A task the supervisor started, with what it was started from.
-struct Running<S> {
-    settings: S,
+/// A task the supervisor started.
+struct Running {
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
-impl<S> Running<S> {
+impl Running {
     /// Asks the task to stop; await the handle to know it has.
     fn cancel(self) -> JoinHandle<()> {
         self.stop.cancel();
@@ -173,7 +173,8 @@ impl<S> Running<S> {
 
 /// What the running tasks are, by name.
 struct Supervisor {
-    settings: Settings,
+    /// The configuration running; `None` until the first one is applied.
+    settings: Option<Settings>,
     store: StoreHandle,
     shutdown: CancellationToken,
     /// Sinks stop after the rest, so the stop's status event can go out.
@@ -182,9 +183,9 @@ struct Supervisor {
     applied: watch::Sender<Arc<Settings>>,
     /// A task that fails reports here (only a dead store makes one fail).
     failures: mpsc::UnboundedSender<(String, StoreError)>,
-    devices: HashMap<String, Running<DeviceSettings>>,
-    sinks: HashMap<String, Running<(SinkSettings, AgentInfo)>>,
-    housekeeping: Option<Running<(StoreSettings, Vec<String>)>>,
+    devices: HashMap<String, Running>,
+    sinks: HashMap<String, Running>,
+    housekeeping: Option<Running>,
 }
 
 async fn supervise(
@@ -196,7 +197,11 @@ async fn supervise(
     let data_dir = settings.agent.data_dir.clone();
     // Held until this returns: one agent per data_dir.
     let _lock = take_data_dir(&data_dir)?;
-    let store = Store::open_writer(&data_dir)?;
+    // Opening checks (and may recover) the store: seconds on a large one.
+    let store = {
+        let data_dir = data_dir.clone();
+        run_blocking(move || Store::open_writer(&data_dir)).await?
+    };
     tracing::info!(
         agent = %settings.agent.id,
         store = %store.path().display(),
@@ -207,14 +212,15 @@ async fn supervise(
     );
     // Sinks are built before anything starts: a bad CA file or proxy is a
     // configuration error, reported before the daemon runs.
-    let transports = build_transports(&settings, &HashMap::new())?;
+    let first = plan(None, &settings);
+    let prepared = prepare(&first, &settings).await?;
     let (handle, writer_thread) = writer::spawn(store, WriterOptions::default())?;
     handle.daemon_started().await?;
 
     let (failures, mut failed) = mpsc::unbounded_channel();
     let (applied, applied_settings) = watch::channel(Arc::new(settings.clone()));
     let mut supervisor = Supervisor {
-        settings: empty_like(&settings),
+        settings: None,
         store: handle.clone(),
         shutdown: shutdown.clone(),
         sinks_shutdown: CancellationToken::new(),
@@ -224,7 +230,7 @@ async fn supervise(
         sinks: HashMap::new(),
         housekeeping: None,
     };
-    supervisor.apply(settings, transports).await?;
+    supervisor.carry_out(first, prepared, settings).await?;
     let status_events = supervisor.spawn(
         "status events".into(),
         agent_status::run(
@@ -283,32 +289,139 @@ async fn supervise(
     }
 }
 
-/// The settings with nothing running yet: the first `apply` starts all.
-fn empty_like(settings: &Settings) -> Settings {
-    Settings {
-        devices: Vec::new(),
-        sinks: Vec::new(),
-        ..settings.clone()
-    }
+/// What bringing the running configuration to a new one takes, by name:
+/// decided from the two configurations alone, tested as a table.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Running devices to stop: removed, or changed (started again below).
+    stop_devices: Vec<String>,
+    /// Devices to start: new, or changed.
+    start_devices: Vec<String>,
+    stop_sinks: Vec<String>,
+    /// Sinks to start: new, or changed (an agent id or location change
+    /// changes every sink: both go into every batch).
+    start_sinks: Vec<String>,
+    /// Housekeeping starts again: the store settings or the sinks it waits
+    /// for changed (or nothing runs yet).
+    restart_housekeeping: bool,
+    /// Changed settings that only a restart applies.
+    at_next_start: Vec<NextStart>,
 }
 
-/// Builds the transports of the sinks that must (re)start: those that are
-/// new or changed (an agent id or location change changes every sink).
-fn build_transports(
-    settings: &Settings,
-    running: &HashMap<String, Running<(SinkSettings, AgentInfo)>>,
-) -> anyhow::Result<HashMap<String, Transport>> {
-    let agent = AgentInfo::new(&settings.agent);
-    let mut transports = HashMap::new();
-    for sink in &settings.sinks {
-        let unchanged = running
-            .get(&sink.name)
-            .is_some_and(|running| running.settings == (sink.clone(), agent.clone()));
-        if !unchanged {
-            transports.insert(sink.name.clone(), Transport::new(sink, agent.clone())?);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NextStart {
+    /// The store stays where it is open.
+    DataDir,
+    Log,
+}
+
+/// The plan from `running` (`None`: nothing runs yet) to `new`.
+fn plan(running: Option<&Settings>, new: &Settings) -> Plan {
+    let Some(old) = running else {
+        return Plan {
+            start_devices: new
+                .devices
+                .iter()
+                .map(|device| device.name.clone())
+                .collect(),
+            start_sinks: new.sinks.iter().map(|sink| sink.name.clone()).collect(),
+            restart_housekeeping: true,
+            ..Plan::default()
+        };
+    };
+    let mut plan = Plan::default();
+    for device in &old.devices {
+        if !new.devices.contains(device) {
+            plan.stop_devices.push(device.name.clone());
         }
     }
-    Ok(transports)
+    for device in &new.devices {
+        if !old.devices.contains(device) {
+            plan.start_devices.push(device.name.clone());
+        }
+    }
+    let agent_changed = AgentInfo::new(&old.agent) != AgentInfo::new(&new.agent);
+    for sink in &old.sinks {
+        if agent_changed || !new.sinks.contains(sink) {
+            plan.stop_sinks.push(sink.name.clone());
+        }
+    }
+    for sink in &new.sinks {
+        if agent_changed || !old.sinks.contains(sink) {
+            plan.start_sinks.push(sink.name.clone());
+        }
+    }
+    let names = |settings: &Settings| -> Vec<String> {
+        settings
+            .sinks
+            .iter()
+            .map(|sink| sink.name.clone())
+            .collect()
+    };
+    plan.restart_housekeeping = old.store != new.store || names(old) != names(new);
+    if old.agent.data_dir != new.agent.data_dir {
+        plan.at_next_start.push(NextStart::DataDir);
+    }
+    if old.log != new.log {
+        plan.at_next_start.push(NextStart::Log);
+    }
+    plan
+}
+
+/// What the plan needs that can fail, made before anything is stopped.
+struct Prepared {
+    /// The sinks to start, set up (a CA file that is no certificate fails
+    /// here).
+    transports: HashMap<String, Transport>,
+    /// Reads each started device's duplicate window and counters.
+    reader: AsyncReader,
+    windows: HashMap<String, chrono::Duration>,
+}
+
+async fn prepare(plan: &Plan, new: &Settings) -> anyhow::Result<Prepared> {
+    let agent = AgentInfo::new(&new.agent);
+    let mut transports = HashMap::new();
+    for sink in new
+        .sinks
+        .iter()
+        .filter(|sink| plan.start_sinks.contains(&sink.name))
+    {
+        transports.insert(sink.name.clone(), Transport::new(sink, agent.clone())?);
+    }
+    let mut windows = HashMap::new();
+    for device in &new.devices {
+        let window = chrono::Duration::from_std(device.model.duplicate_window())
+            .context("duplicate window out of range")?;
+        windows.insert(device.name.clone(), window);
+    }
+    Ok(Prepared {
+        transports,
+        reader: AsyncReader::open(new.agent.data_dir.clone()).await?,
+        windows,
+    })
+}
+
+impl Prepared {
+    /// What `device` continues from. Whatever the store says, the device
+    /// runs: without its window a repeat could count twice, which beats
+    /// reading nothing.
+    async fn restore(&mut self, device: &DeviceSettings) -> Restored {
+        let name = device.name.clone();
+        let since = Utc::now() - self.windows.get(&name).copied().unwrap_or_default();
+        let restored = self
+            .reader
+            .read(move |store| {
+                Ok(Restored {
+                    recent: store.recent_presses(&name, since)?,
+                    counters: store.device_counters(&name)?,
+                })
+            })
+            .await;
+        restored.unwrap_or_else(|error| {
+            tracing::error!(device = %device.name, "cannot read its duplicate window and counters from the store, starting without them: {error}");
+            Restored::default()
+        })
+    }
 }
 
 impl Supervisor {
@@ -318,10 +431,7 @@ impl Supervisor {
         notify::reloading();
         tracing::info!(config = %path.display(), "reloading the configuration");
         let result = match config::load(path) {
-            Ok(settings) => match build_transports(&settings, &self.sinks) {
-                Ok(transports) => self.apply(settings, transports).await,
-                Err(error) => Err(error),
-            },
+            Ok(settings) => self.apply(settings).await,
             Err(error) => Err(error.into()),
         };
         match result {
@@ -338,95 +448,76 @@ impl Supervisor {
         notify::ready();
     }
 
-    /// Brings the running tasks in line with `new`.
-    async fn apply(
-        &mut self,
-        mut new: Settings,
-        mut transports: HashMap<String, Transport>,
-    ) -> anyhow::Result<()> {
-        if new.agent.data_dir != self.settings.agent.data_dir {
-            tracing::warn!(
-                "data_dir changed to {}: it takes effect at the next start; the store stays {}",
-                new.agent.data_dir.display(),
-                self.settings.agent.data_dir.display()
-            );
-            new.agent.data_dir = self.settings.agent.data_dir.clone();
-        }
-        if new.log != self.settings.log && !self.devices.is_empty() {
-            tracing::warn!("[log] settings take effect at the next start");
-        }
-        let agent = AgentInfo::new(&new.agent);
+    /// Brings the running tasks in line with `new`: everything that can
+    /// fail is prepared before anything running is stopped, so a reload
+    /// that cannot be applied leaves all running.
+    async fn apply(&mut self, new: Settings) -> anyhow::Result<()> {
+        let plan = plan(self.settings.as_ref(), &new);
+        let prepared = prepare(&plan, &new).await?;
+        self.carry_out(plan, prepared, new).await
+    }
 
-        // Everything that can fail is done before anything running is
-        // stopped: a reload that cannot be applied leaves all running.
-        let reader = Store::open_reader(&new.agent.data_dir)?;
-        let mut windows = HashMap::new();
-        for device in &new.devices {
-            let window = chrono::Duration::from_std(device.model.duplicate_window())
-                .context("duplicate window out of range")?;
-            windows.insert(device.name.clone(), window);
+    /// Stops, then starts, what `plan` says. Only a store that is gone
+    /// fails here, and then the agent stops.
+    async fn carry_out(
+        &mut self,
+        plan: Plan,
+        mut prepared: Prepared,
+        mut new: Settings,
+    ) -> anyhow::Result<()> {
+        if let Some(running) = &self.settings {
+            for later in &plan.at_next_start {
+                match later {
+                    NextStart::DataDir => {
+                        tracing::warn!(
+                            "data_dir changed to {}: it takes effect at the next start; the store stays {}",
+                            new.agent.data_dir.display(),
+                            running.agent.data_dir.display()
+                        );
+                        new.agent.data_dir = running.agent.data_dir.clone();
+                    }
+                    NextStart::Log => {
+                        tracing::warn!("[log] settings take effect at the next start")
+                    }
+                }
+            }
         }
 
         // Stop first what goes away or changes, so a changed device's port
         // is free and its last state committed before it starts again.
         let mut stopping = Vec::new();
-        for device in self.devices.keys().cloned().collect::<Vec<_>>() {
-            let keep = new
-                .devices
-                .iter()
-                .any(|wanted| wanted.name == device && self.devices[&device].settings == *wanted);
-            if !keep {
-                if let Some(running) = self.devices.remove(&device) {
-                    tracing::info!(device = %device, "stopping (removed or changed)");
-                    stopping.push(running.cancel());
-                }
+        for name in &plan.stop_devices {
+            if let Some(running) = self.devices.remove(name) {
+                tracing::info!(device = %name, "stopping (removed or changed)");
+                stopping.push(running.cancel());
             }
         }
-        for name in self.sinks.keys().cloned().collect::<Vec<_>>() {
-            if !new.sinks.iter().any(|sink| sink.name == name) || transports.contains_key(&name) {
-                if let Some(running) = self.sinks.remove(&name) {
-                    tracing::info!(sink = %name, "stopping (removed or changed)");
-                    stopping.push(running.cancel());
-                }
+        for name in &plan.stop_sinks {
+            if let Some(running) = self.sinks.remove(name) {
+                tracing::info!(sink = %name, "stopping (removed or changed)");
+                stopping.push(running.cancel());
             }
         }
         futures_util::future::join_all(stopping).await;
-        // Only a store that is gone fails here, and then the agent stops.
         self.store.flush().await?;
 
-        for device in &new.devices {
-            if self.devices.contains_key(&device.name) {
+        for name in &plan.start_devices {
+            let Some(device) = new.devices.iter().find(|device| &device.name == name) else {
                 continue;
-            }
-            let window = windows
-                .get(&device.name)
-                .copied()
-                .unwrap_or(chrono::Duration::zero());
-            let restored = (|| -> Result<Restored, StoreError> {
-                Ok(Restored {
-                    recent: reader.recent_presses(&device.name, Utc::now() - window)?,
-                    counters: reader.device_counters(&device.name)?,
-                })
-            })();
-            // Whatever the store says, the device runs: without its window
-            // a repeat could count twice, which beats reading nothing.
-            let restored = restored.unwrap_or_else(|error| {
-                tracing::error!(device = %device.name, "cannot read its duplicate window and counters from the store, starting without them: {error}");
-                Restored::default()
-            });
+            };
+            let restored = prepared.restore(device).await;
             let stop = self.shutdown.child_token();
             let task = driver::run(device.clone(), self.store.clone(), restored, stop.clone());
             self.devices.insert(
                 device.name.clone(),
                 Running {
-                    settings: device.clone(),
                     task: self.spawn(format!("device {}", device.name), task),
                     stop,
                 },
             );
         }
         for sink in &new.sinks {
-            let Some(transport) = transports.remove(&sink.name) else {
+            let Some(transport) = prepared.transports.remove(&sink.name) else {
                 continue; // unchanged and running
             };
             let stop = self.sinks_shutdown.child_token();
@@ -440,23 +531,17 @@ impl Supervisor {
             self.sinks.insert(
                 sink.name.clone(),
                 Running {
-                    settings: (sink.clone(), agent.clone()),
                     task: self.spawn(format!("sink {}", sink.name), task),
                     stop,
                 },
             );
         }
 
-        let sink_names: Vec<String> = new.sinks.iter().map(|sink| sink.name.clone()).collect();
-        let housekeeping = (new.store.clone(), sink_names.clone());
-        if self
-            .housekeeping
-            .as_ref()
-            .is_none_or(|running| running.settings != housekeeping)
-        {
+        if plan.restart_housekeeping {
             if let Some(running) = self.housekeeping.take() {
                 running.stop().await;
             }
+            let sink_names: Vec<String> = new.sinks.iter().map(|sink| sink.name.clone()).collect();
             let stop = self.shutdown.child_token();
             let task = retention::run(
                 new.store.clone(),
@@ -466,7 +551,6 @@ impl Supervisor {
                 stop.clone(),
             );
             self.housekeeping = Some(Running {
-                settings: housekeeping,
                 task: self.spawn("housekeeping".into(), task),
                 stop,
             });
@@ -477,7 +561,7 @@ impl Supervisor {
             "configuration applied"
         );
         self.applied.send_replace(Arc::new(new.clone()));
-        self.settings = new;
+        self.settings = Some(new);
         Ok(())
     }
 
@@ -503,18 +587,22 @@ impl Supervisor {
         if let Some(running) = self.housekeeping.take() {
             running.stop().await;
         }
-        let settings = Arc::new(self.settings.clone());
-        let stored = tokio::time::timeout(STOP_EVENT_WAIT, reporter.emit(settings, Reason::Stop));
-        match stored.await {
-            Ok(Ok(_)) => {
-                let data_dir = reporter.data_dir().to_path_buf();
-                drop(reporter);
-                self.wait_for_sinks(data_dir).await;
+        if let Some(settings) = self.settings.clone() {
+            let stored = tokio::time::timeout(
+                STOP_EVENT_WAIT,
+                reporter.emit(Arc::new(settings), Reason::Stop),
+            );
+            match stored.await {
+                Ok(Ok(_)) => {
+                    let data_dir = reporter.data_dir().to_path_buf();
+                    drop(reporter);
+                    self.wait_for_sinks(data_dir).await;
+                }
+                Ok(Err(error)) => tracing::warn!("the stop's status event is not stored: {error}"),
+                Err(_) => tracing::warn!(
+                    "the stop's status event is not stored: the store did not take it within {STOP_EVENT_WAIT:?}"
+                ),
             }
-            Ok(Err(error)) => tracing::warn!("the stop's status event is not stored: {error}"),
-            Err(_) => tracing::warn!(
-                "the stop's status event is not stored: the store did not take it within {STOP_EVENT_WAIT:?}"
-            ),
         }
         self.sinks_shutdown.cancel();
         let sinks = self.sinks.drain().map(|(_, running)| running.cancel());
@@ -598,10 +686,12 @@ async fn heartbeat(store: StoreHandle, data_dir: PathBuf, shutdown: Cancellation
             continue;
         }
         if reader.is_none() {
-            reader = Store::open_reader(&data_dir).ok();
+            reader = AsyncReader::open(data_dir.clone()).await.ok();
         }
-        if let Some(summary) = reader.as_ref().and_then(|reader| summary_line(reader).ok()) {
-            notify::status(&summary);
+        if let Some(reader) = &mut reader {
+            if let Ok(summary) = reader.read(summary_line).await {
+                notify::status(&summary);
+            }
         }
     }
 }
@@ -678,5 +768,212 @@ pub async fn forward_reload_signals(reloads: mpsc::UnboundedSender<()>) {
     {
         let _ = reloads;
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[agent]
+id = "shop-7"
+data_dir = "/var/lib/epm-agent"
+
+[[device]]
+name = "cashdesk"
+model = "prolan-202"
+port = "/dev/ttyUSB0"
+question = "recommend"
+
+[[device]]
+name = "entrance"
+model = "prolan-501"
+port = "/dev/ttyACM0"
+
+[[sink]]
+name = "reporter"
+kind = "http"
+url = "https://reports.example.com/v1/events"
+
+[[sink]]
+name = "archive"
+kind = "file"
+path = "/var/lib/epm-agent/export"
+"#;
+
+    fn settings(text: &str) -> Settings {
+        config::parse(text, Path::new("/etc/epm-agent/epm-agent.toml"))
+            .unwrap_or_else(|error| panic!("{error}\n{text}"))
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| name.to_string()).collect()
+    }
+
+    /// The expected plan, as lists of names.
+    struct Expected<'a> {
+        stop_devices: &'a [&'a str],
+        start_devices: &'a [&'a str],
+        stop_sinks: &'a [&'a str],
+        start_sinks: &'a [&'a str],
+        restart_housekeeping: bool,
+        at_next_start: &'a [NextStart],
+    }
+
+    const NOTHING: Expected<'static> = Expected {
+        stop_devices: &[],
+        start_devices: &[],
+        stop_sinks: &[],
+        start_sinks: &[],
+        restart_housekeeping: false,
+        at_next_start: &[],
+    };
+
+    #[test]
+    fn the_reload_plan_touches_only_what_changed() {
+        let cases: &[(&str, String, Expected)] = &[
+            ("unchanged", BASE.to_string(), NOTHING),
+            (
+                "a device's question changed: it restarts, alone",
+                BASE.replace("question = \"recommend\"", "question = \"again?\""),
+                Expected {
+                    stop_devices: &["cashdesk"],
+                    start_devices: &["cashdesk"],
+                    ..NOTHING
+                },
+            ),
+            (
+                "a device added",
+                format!("{BASE}\n[[device]]\nname = \"exit\"\nmodel = \"prolan-202\"\nport = \"/dev/ttyUSB1\"\n"),
+                Expected {
+                    start_devices: &["exit"],
+                    ..NOTHING
+                },
+            ),
+            (
+                "a device removed",
+                BASE.replace(
+                    "[[device]]\nname = \"entrance\"\nmodel = \"prolan-501\"\nport = \"/dev/ttyACM0\"\n",
+                    "",
+                ),
+                Expected {
+                    stop_devices: &["entrance"],
+                    ..NOTHING
+                },
+            ),
+            (
+                "a sink's url changed: it restarts; housekeeping waits for the same sinks",
+                BASE.replace("reports.example.com", "reports.example.net"),
+                Expected {
+                    stop_sinks: &["reporter"],
+                    start_sinks: &["reporter"],
+                    ..NOTHING
+                },
+            ),
+            (
+                "a sink removed: housekeeping no longer waits for it",
+                BASE.replace(
+                    "[[sink]]\nname = \"archive\"\nkind = \"file\"\npath = \"/var/lib/epm-agent/export\"\n",
+                    "",
+                ),
+                Expected {
+                    stop_sinks: &["archive"],
+                    restart_housekeeping: true,
+                    ..NOTHING
+                },
+            ),
+            (
+                "the agent id changed: it is in every batch, so every sink restarts",
+                BASE.replace("id = \"shop-7\"", "id = \"shop-8\""),
+                Expected {
+                    stop_sinks: &["reporter", "archive"],
+                    start_sinks: &["reporter", "archive"],
+                    ..NOTHING
+                },
+            ),
+            (
+                "retention changed: only housekeeping",
+                format!("{BASE}\n[store]\nretention_days = 30\n"),
+                Expected {
+                    restart_housekeeping: true,
+                    ..NOTHING
+                },
+            ),
+            (
+                "data_dir changed: at the next start, nothing stops",
+                BASE.replace("data_dir = \"/var/lib/epm-agent\"", "data_dir = \"/srv/epm\""),
+                Expected {
+                    at_next_start: &[NextStart::DataDir],
+                    ..NOTHING
+                },
+            ),
+            (
+                "[log] changed: at the next start",
+                format!("{BASE}\n[log]\nlevel = \"debug\"\n"),
+                Expected {
+                    at_next_start: &[NextStart::Log],
+                    ..NOTHING
+                },
+            ),
+        ];
+        let running = settings(BASE);
+        for (what, text, expected) in cases {
+            let got = plan(Some(&running), &settings(text));
+            let want = Plan {
+                stop_devices: names(expected.stop_devices),
+                start_devices: names(expected.start_devices),
+                stop_sinks: names(expected.stop_sinks),
+                start_sinks: names(expected.start_sinks),
+                restart_housekeeping: expected.restart_housekeeping,
+                at_next_start: expected.at_next_start.to_vec(),
+            };
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_first_plan_starts_everything() {
+        let got = plan(None, &settings(BASE));
+        assert_eq!(
+            got,
+            Plan {
+                start_devices: names(&["cashdesk", "entrance"]),
+                start_sinks: names(&["reporter", "archive"]),
+                restart_housekeeping: true,
+                ..Plan::default()
+            }
+        );
+    }
+
+    /// A reload that fails half-way: the changed sink cannot be set up, so
+    /// preparing fails, and preparing comes before anything is stopped.
+    #[tokio::test]
+    async fn a_sink_that_cannot_be_set_up_fails_the_preparation() {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let not_pem = folder.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate").expect("write");
+        let text = BASE
+            .replace(
+                "/var/lib/epm-agent\"\n",
+                &format!("{}\"\n", folder.path().display()),
+            )
+            .replace(
+                "url = \"https://reports.example.com/v1/events\"",
+                &format!(
+                    "url = \"https://reports.example.com/v1/events\"\nca_file = \"{}\"",
+                    not_pem.display()
+                ),
+            );
+        let new = settings(&text);
+        let running = settings(BASE);
+        let plan = plan(Some(&running), &new);
+        assert_eq!(
+            plan.stop_sinks,
+            names(&["reporter"]),
+            "the changed sink would stop"
+        );
+        let error = prepare(&plan, &new).await.err().expect("preparing fails");
+        assert!(format!("{error:#}").contains("ca.pem"), "{error:#}");
     }
 }

@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use epm_agent::config::StoreSettings;
 use epm_agent::event::NewPress;
 use epm_agent::protocol::UnitId;
+use epm_agent::store::blocking::AsyncReader;
 use epm_agent::store::retention::{self, Round};
 use epm_agent::store::{writer, SinkUpdate, Store, StoreHandle, WriterOptions};
 
@@ -80,7 +81,9 @@ async fn retention_deletes_only_old_events_every_sink_delivered() {
         max_size_bytes: 1 << 30,
     };
     let sinks = vec!["fast".to_string(), "slow".to_string()];
-    let mut reader = Store::open_reader(dir.path()).expect("reader");
+    let mut reader = AsyncReader::open(dir.path().to_path_buf())
+        .await
+        .expect("reader");
     let round = retention::run_once(&settings, &sinks, &mut reader, &handle)
         .await
         .expect("round");
@@ -127,8 +130,12 @@ async fn the_size_cap_deletes_delivered_events_first_and_never_undelivered_ones(
         handle.press(press(seq, 0), None).await.expect("queued");
     }
     handle.flush().await.expect("flushed");
-    let mut reader = Store::open_reader(dir.path()).expect("reader");
-    let full = reader.used_bytes().expect("size");
+    let full = Store::open_reader(dir.path())
+        .and_then(|reader| reader.used_bytes())
+        .expect("size");
+    let mut reader = AsyncReader::open(dir.path().to_path_buf())
+        .await
+        .expect("reader");
     // Half of the events are delivered; the cap is a little over half the store.
     deliver(&handle, "only", 10_000).await;
     let settings = StoreSettings {

@@ -27,9 +27,8 @@ use ulid::Ulid;
 
 use crate::config::{AgentSettings, SinkKind, SinkSettings};
 use crate::event::Event;
-use crate::store::{
-    InFlightBatch, SinkState, SinkUpdate, Store, StoreError, StoreHandle, StoredEvent,
-};
+use crate::store::blocking::AsyncReader;
+use crate::store::{InFlightBatch, SinkState, SinkUpdate, StoreError, StoreHandle, StoredEvent};
 use policy::{Action, Outcome};
 
 /// How often an idle sink looks for dead letters to send again.
@@ -181,13 +180,13 @@ pub async fn run(
     store: StoreHandle,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let reader = Store::open_reader(&data_dir)?;
+    let reader = AsyncReader::open(data_dir).await?;
     let mut task = SinkTask {
         batch_limit: settings.batch_size,
         delivered_at_limit: 0,
         settings,
         transport,
-        reader: Some(reader),
+        reader,
         committed: store.committed_seqno(),
         store,
         failures: 0,
@@ -199,8 +198,8 @@ pub async fn run(
 struct SinkTask {
     settings: SinkSettings,
     transport: Transport,
-    /// A read-only connection; lent to a blocking thread for each read.
-    reader: Option<Store>,
+    /// A read-only connection, read on the blocking pool.
+    reader: AsyncReader,
     store: StoreHandle,
     committed: watch::Receiver<i64>,
     /// At most this many events per batch: `batch_size`, halved after a
@@ -251,7 +250,10 @@ impl SinkTask {
         shutdown: &CancellationToken,
     ) -> Result<Option<Batch>, StoreError> {
         let name = self.settings.name.clone();
-        let cursor = self.read(move |store| store.sink_cursor(&name)).await?;
+        let cursor = self
+            .reader
+            .read(move |store| store.sink_cursor(&name))
+            .await?;
         if let Some(InFlightBatch {
             batch_id,
             first_seqno,
@@ -259,6 +261,7 @@ impl SinkTask {
         }) = cursor.in_flight
         {
             let events = self
+                .reader
                 .read(move |store| store.events_between(first_seqno, last_seqno))
                 .await?;
             if !events.is_empty() {
@@ -282,6 +285,7 @@ impl SinkTask {
         let after = cursor.delivered_seqno;
         let limit = self.batch_limit;
         let mut events = self
+            .reader
             .read(move |store| store.events_after(after, limit))
             .await?;
         if events.is_empty() {
@@ -308,6 +312,7 @@ impl SinkTask {
                 }
             }
             events = self
+                .reader
                 .read(move |store| store.events_after(after, limit))
                 .await?;
         }
@@ -460,10 +465,12 @@ impl SinkTask {
     async fn retry_dead_letters(&mut self, shutdown: &CancellationToken) -> Result<(), StoreError> {
         let name = self.settings.name.clone();
         let seqnos = self
+            .reader
             .read(move |store| store.dead_letters_to_retry(&name))
             .await?;
         for seqno in seqnos {
             let events = self
+                .reader
                 .read(move |store| store.events_between(seqno, seqno))
                 .await?;
             if events.is_empty() {
@@ -514,22 +521,6 @@ impl SinkTask {
             self.store.update_sink(update).await?;
         }
         Ok(())
-    }
-
-    /// Runs a read on the blocking pool with the sink's read connection.
-    async fn read<T: Send + 'static>(
-        &mut self,
-        query: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let store = self.reader.take().ok_or(StoreError::WriterGone)?;
-        let (store, result) = tokio::task::spawn_blocking(move || {
-            let result = query(&store);
-            (store, result)
-        })
-        .await
-        .map_err(|_| StoreError::WriterGone)?;
-        self.reader = Some(store);
-        result
     }
 }
 

@@ -7,6 +7,7 @@
 //! any number of readers ([`Store::open_reader`]) may read meanwhile (WAL
 //! readers never block the writer).
 
+pub mod blocking;
 pub mod lock;
 pub mod recovery;
 pub mod retention;

@@ -15,8 +15,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use super::blocking::AsyncReader;
 use super::writer::Prune;
-use super::{Store, StoreError, StoreHandle};
+use super::{StoreError, StoreHandle};
 use crate::config::StoreSettings;
 
 /// Events deleted per transaction.
@@ -42,7 +43,7 @@ pub async fn run(
     store: StoreHandle,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let mut reader = Store::open_reader(&data_dir)?;
+    let mut reader = AsyncReader::open(data_dir).await?;
     let mut wait = FIRST_RUN;
     let mut was_over_cap = false;
     loop {
@@ -81,21 +82,23 @@ pub async fn run(
 pub async fn run_once(
     settings: &StoreSettings,
     sinks: &[String],
-    // `&mut`: the future must be Send, and a shared connection is not Sync.
-    reader: &mut Store,
+    reader: &mut AsyncReader,
     store: &StoreHandle,
 ) -> Result<Round, StoreError> {
     let mut round = Round::default();
-    let through_seqno = reader.delivered_everywhere(sinks)?;
+    let names = sinks.to_vec();
+    let through_seqno = reader
+        .read(move |store| store.delivered_everywhere(&names))
+        .await?;
     let retention = chrono::Duration::from_std(settings.retention).unwrap_or(chrono::Duration::MAX);
     let older_than = Utc::now().checked_sub_signed(retention);
     if let Some(older_than) = older_than {
         round.by_retention = prune_all(store, through_seqno, Some(older_than)).await?;
     }
-    if reader.used_bytes()? > settings.max_size_bytes {
+    if used_bytes(reader).await? > settings.max_size_bytes {
         // Delivered events go first, oldest first, one chunk at a time
         // until the store fits again.
-        while reader.used_bytes()? > settings.max_size_bytes {
+        while used_bytes(reader).await? > settings.max_size_bytes {
             let deleted = store
                 .prune(Prune {
                     through_seqno,
@@ -109,9 +112,13 @@ pub async fn run_once(
             }
         }
     }
-    round.over_cap = reader.used_bytes()? > settings.max_size_bytes;
+    round.over_cap = used_bytes(reader).await? > settings.max_size_bytes;
     store.mark_over_cap(round.over_cap).await?;
     Ok(round)
+}
+
+async fn used_bytes(reader: &mut AsyncReader) -> Result<u64, StoreError> {
+    reader.read(|store| store.used_bytes()).await
 }
 
 async fn prune_all(
