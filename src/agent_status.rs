@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::commands::status::{read_status, Health, Status};
 use crate::config::Settings;
 use crate::event::StatusDetail;
+use crate::store::blocking::AsyncReader;
 use crate::store::{Store, StoreError, StoreHandle};
 
 /// How often device states are compared with the last event's.
@@ -110,11 +111,11 @@ fn device_states(status: &Status) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A read-only connection of the status events, lent to the blocking pool
-/// for each read.
+/// What stores the status events, with a read connection of its own
+/// (opened on first use, read on the blocking pool).
 pub struct Reporter {
     data_dir: PathBuf,
-    reader: Option<Store>,
+    reader: Option<AsyncReader>,
     store: StoreHandle,
 }
 
@@ -131,33 +132,26 @@ impl Reporter {
         &self.data_dir
     }
 
-    /// Runs `query` on the blocking pool with the reader (opened on first
-    /// use); `None`, logged, when it fails.
+    /// Runs `query` with the reader; `None`, logged, when it fails.
     async fn read<T: Send + 'static>(
         &mut self,
         what: &str,
         query: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
     ) -> Option<T> {
-        let reader = self.reader.take();
-        let data_dir = self.data_dir.clone();
-        let answer = tokio::task::spawn_blocking(move || {
-            let reader = match reader {
-                Some(reader) => reader,
-                None => Store::open_reader(&data_dir)?,
-            };
-            let result = query(&reader);
-            Ok::<_, StoreError>((reader, result))
-        })
-        .await;
-        match answer {
-            Ok(Ok((reader, result))) => {
-                self.reader = Some(reader);
-                result
-                    .map_err(|error| tracing::warn!("cannot read {what}: {error:#}"))
-                    .ok()
-            }
+        let reader = match &mut self.reader {
+            Some(reader) => reader,
+            None => match AsyncReader::open(self.data_dir.clone()).await {
+                Ok(reader) => self.reader.insert(reader),
+                Err(error) => {
+                    tracing::warn!("cannot read {what}: {error}");
+                    return None;
+                }
+            },
+        };
+        match reader.read(move |store| Ok(query(store))).await {
+            Ok(Ok(answer)) => Some(answer),
             Ok(Err(error)) => {
-                tracing::warn!("cannot read {what}: {error}");
+                tracing::warn!("cannot read {what}: {error:#}");
                 None
             }
             Err(error) => {
