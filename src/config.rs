@@ -513,17 +513,13 @@ fn validate_device(raw: RawDevice) -> Result<DeviceSettings, Invalid> {
     let name_span = raw.name.span();
     let name = non_empty(raw.name)?;
     let Some(model) = Model::named(raw.model.get_ref()) else {
-        let mut expected = String::new();
-        for (index, spec) in MODELS.iter().enumerate() {
-            if index > 0 {
-                expected.push_str(if index + 1 == MODELS.len() {
-                    " or "
-                } else {
-                    ", "
-                });
+        let names: Vec<&str> = MODELS.iter().map(|spec| spec.name).collect();
+        let expected = match names.split_last() {
+            Some((last, others)) if !others.is_empty() => {
+                format!("{} or {last}", others.join(", "))
             }
-            expected.push_str(spec.name);
-        }
+            _ => names.concat(),
+        };
         return invalid(
             raw.model.span(),
             format!(
