@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::protocol::{prolan202, prolan501, UnitId};
+pub use crate::model::Model;
+use crate::model::MODELS;
+use crate::protocol::UnitId;
 
 /// The validated configuration of one agent.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,55 +36,6 @@ pub struct AgentSettings {
     /// How often an `agent_status` event is sent; `None` sends them only at
     /// start, stop and device changes.
     pub status_interval: Option<Duration>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Model {
-    Prolan202,
-    Prolan501,
-    /// An in-process ProLAN-501 with simulated remotes (demo and tests).
-    Simulator,
-}
-
-impl Model {
-    /// The name used in the configuration and in every event's `model`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Model::Prolan202 => "prolan-202",
-            Model::Prolan501 => "prolan-501",
-            Model::Simulator => "simulator",
-        }
-    }
-
-    pub fn default_baud(self) -> u32 {
-        match self {
-            Model::Prolan202 => prolan202::DEFAULT_BAUD,
-            Model::Prolan501 | Model::Simulator => prolan501::DEFAULT_BAUD,
-        }
-    }
-
-    /// How long the spec's duplicate window lasts for this model.
-    pub fn duplicate_window(self) -> Duration {
-        match self {
-            Model::Prolan202 => Duration::from_secs(10 * 60),
-            Model::Prolan501 | Model::Simulator => Duration::from_secs(30),
-        }
-    }
-
-    /// Nothing valid for three heartbeat periods: the device is silent.
-    pub fn silence_after(self) -> Duration {
-        let period_s = match self {
-            Model::Prolan202 => prolan202::HEARTBEAT_PERIOD_S,
-            Model::Prolan501 | Model::Simulator => prolan501::HEARTBEAT_PERIOD_S,
-        };
-        Duration::from_secs(3 * period_s)
-    }
-}
-
-impl fmt::Display for Model {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(self.name())
-    }
 }
 
 /// Where a device is attached.
@@ -559,18 +512,23 @@ fn validate_agent(raw: RawAgent, base_dir: &Path) -> Result<AgentSettings, Inval
 fn validate_device(raw: RawDevice) -> Result<DeviceSettings, Invalid> {
     let name_span = raw.name.span();
     let name = non_empty(raw.name)?;
-    let model = match raw.model.get_ref().as_str() {
-        "prolan-202" => Model::Prolan202,
-        "prolan-501" => Model::Prolan501,
-        "simulator" => Model::Simulator,
-        other => {
-            return invalid(
-                raw.model.span(),
-                format!("unknown model \"{other}\" (expected prolan-202, prolan-501 or simulator)"),
-            )
-        }
+    let Some(model) = Model::named(raw.model.get_ref()) else {
+        let names: Vec<&str> = MODELS.iter().map(|spec| spec.name).collect();
+        let expected = match names.split_last() {
+            Some((last, others)) if !others.is_empty() => {
+                format!("{} or {last}", others.join(", "))
+            }
+            _ => names.concat(),
+        };
+        return invalid(
+            raw.model.span(),
+            format!(
+                "unknown model \"{}\" (expected {expected})",
+                raw.model.get_ref()
+            ),
+        );
     };
-    let is_simulator = model == Model::Simulator;
+    let in_process = !model.has_port();
     let auto = AutoMatch {
         usb_vid: raw.usb_vid.map(usb_id).transpose()?,
         usb_pid: raw.usb_pid.map(usb_id).transpose()?,
@@ -585,14 +543,14 @@ fn validate_device(raw: RawDevice) -> Result<DeviceSettings, Invalid> {
         },
     };
     let port = match raw.port {
-        None if is_simulator => PortSetting::None,
+        None if in_process => PortSetting::None,
         None => {
             return invalid(
                 name_span.clone(),
                 format!("device \"{name}\" has no `port` (a path, a COM name, or \"auto\")"),
             )
         }
-        Some(port) if is_simulator => {
+        Some(port) if in_process => {
             return invalid(port.span(), "a simulator has no port: remove the key")
         }
         Some(port) if port.get_ref() == "auto" => PortSetting::Auto(auto.clone()),
@@ -643,7 +601,7 @@ fn validate_device(raw: RawDevice) -> Result<DeviceSettings, Invalid> {
         raw.sim_remotes.as_ref().map(Spanned::span),
         raw.sim_presses_per_min.as_ref().map(Spanned::span),
     ];
-    if !is_simulator {
+    if !in_process {
         if let Some(span) = simulator_keys.into_iter().flatten().next() {
             return invalid(span, "sim_* keys apply only to model = \"simulator\"");
         }

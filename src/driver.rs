@@ -22,12 +22,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DeviceSettings, Model, PortSetting};
+use crate::config::{DeviceSettings, PortSetting};
 use crate::event::{local_offset_minutes, NewPress};
+use crate::model::Attachment;
 use crate::port::{self, FramedLink, Link};
 use crate::press_filter::{PressFilter, Verdict};
 use crate::protocol::{AnyCodec, Decoded, Identity, Inbound, Outbound, Press};
-use crate::simulator;
 use crate::store::{
     Committed, DeviceCounters, DeviceReport, LinkState, RecentPress, StoreError, StoreHandle,
     UnitReport,
@@ -121,14 +121,14 @@ enum SessionEnd {
 
 impl Connector for PortConnector {
     async fn connect(&mut self, shutdown: &CancellationToken) -> Result<Connection, String> {
-        let keypad = self.settings.model == Model::Prolan202;
+        let model = self.settings.model;
         match &self.settings.port {
             PortSetting::Path(path) => {
                 let stream = port::open_serial(path, self.settings.baud)
                     .map_err(|error| error.to_string())?;
                 Ok(Connection {
                     port: path.clone(),
-                    link: Framed::new(Box::new(stream) as Box<dyn Link>, AnyCodec::new(keypad)),
+                    link: Framed::new(Box::new(stream) as Box<dyn Link>, model.codec()),
                     identity: None,
                     earlier: Vec::new(),
                 })
@@ -138,7 +138,7 @@ impl Connector for PortConnector {
                 let candidates = port::auto_candidates(&ports, criteria);
                 let found = port::discover(
                     &candidates,
-                    self.settings.model,
+                    model,
                     self.settings.baud,
                     criteria,
                     &mut self.passed_over,
@@ -153,11 +153,14 @@ impl Connector for PortConnector {
                 })
             }
             PortSetting::None => {
-                let pipe =
-                    simulator::spawn(self.settings.simulator.clone(), shutdown.child_token());
+                // The configuration gives no port only to an in-process model.
+                let Attachment::InProcess(start) = model.spec().attachment else {
+                    return Err(format!("model {model} needs a port"));
+                };
+                let pipe = start(self.settings.simulator.clone(), shutdown.child_token());
                 Ok(Connection {
                     port: "simulator".into(),
-                    link: Framed::new(Box::new(pipe) as Box<dyn Link>, AnyCodec::new(false)),
+                    link: Framed::new(pipe, model.codec()),
                     identity: None,
                     earlier: Vec::new(),
                 })
@@ -306,7 +309,7 @@ impl Driver {
         *link.read_buffer_mut() = parts.read_buf;
         let mut outgoing = Outgoing::start(
             write_half,
-            AnyCodec::new(self.settings.model == Model::Prolan202),
+            self.settings.model.codec(),
             self.settings.name.clone(),
             Arc::clone(&self.acks_dropped),
         );
@@ -720,6 +723,7 @@ async fn write_to_device(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Model;
 
     /// Opens at once and reads end-of-file at once: the far side of each
     /// pipe is gone before the driver reads.
@@ -736,7 +740,7 @@ mod tests {
             self.opened.notify_one();
             Ok(Connection {
                 port: "pipe".into(),
-                link: tokio_util::codec::Framed::new(Box::new(near), AnyCodec::new(true)),
+                link: tokio_util::codec::Framed::new(Box::new(near), Model::Prolan202.codec()),
                 identity: None,
                 earlier: Vec::new(),
             })

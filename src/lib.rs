@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod demo;
 pub mod driver;
 pub mod event;
+pub mod model;
 pub mod notify;
 pub mod port;
 pub mod press_filter;

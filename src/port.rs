@@ -189,10 +189,7 @@ pub async fn discover(
         let Ok(stream) = open_serial(path, baud) else {
             continue; // in use by another device, or gone since listing
         };
-        let mut link = Framed::new(
-            Box::new(stream) as Box<dyn Link>,
-            AnyCodec::new(model == Model::Prolan202),
-        );
+        let mut link = Framed::new(Box::new(stream) as Box<dyn Link>, model.codec());
         match probe(&mut link, model, criteria).await {
             Some((identity, earlier)) => {
                 return Ok(Found {
@@ -237,14 +234,10 @@ pub async fn probe(
             .ok()?;
         match item {
             Decoded::Message(Inbound::Identity(identity)) => {
-                let model_matches = match model {
-                    Model::Prolan202 => identity.radio_channel.is_none(),
-                    Model::Prolan501 | Model::Simulator => identity.radio_channel.is_some(),
-                };
                 let id_matches = criteria
                     .hardware_id
                     .is_none_or(|id| id == identity.hardware_id);
-                return (model_matches && id_matches).then_some((identity, earlier));
+                return (model.is_identity(&identity) && id_matches).then_some((identity, earlier));
             }
             other => {
                 // Bounded: a device that floods without ever answering is not ours.

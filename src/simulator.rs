@@ -20,9 +20,31 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SimulatorSettings;
+use crate::model::{Attachment, Model, ModelSpec};
 use crate::protocol::{
     prolan202, prolan501, Heartbeat, Identity, Inbound, Outbound, Press, UnitId,
 };
+
+/// The `simulator` model: an in-process ProLAN-501 ([`spawn`]), so it has
+/// the receiver's codec, identity and timings, and no port.
+pub static SPEC: ModelSpec = ModelSpec {
+    name: "simulator",
+    title: "simulated ProLAN-501 receiver",
+    kind: "simulator",
+    // No line to set: the receiver's speed, as a receiver it plays.
+    default_baud: prolan501::DEFAULT_BAUD,
+    heartbeat_period: Duration::from_secs(prolan501::HEARTBEAT_PERIOD_S),
+    duplicate_window: prolan501::DUPLICATE_WINDOW,
+    codec: prolan501::SPEC.codec,
+    is_identity: prolan501::SPEC.is_identity,
+    attachment: Attachment::InProcess(|settings, stop| Box::new(spawn(settings, stop))),
+};
+
+impl Model {
+    // Spelled as the enum variant it was, so settings and tests name it so.
+    #[allow(non_upper_case_globals)]
+    pub const Simulator: Model = Model::of(&SPEC);
+}
 
 /// What is simulated, with its hardware ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -362,7 +384,7 @@ fn exponential_gap(mean_s: f64) -> Duration {
 mod tests {
     use super::*;
 
-    use crate::protocol::{AnyCodec, Decoded};
+    use crate::protocol::Decoded;
     use futures_util::{SinkExt, StreamExt};
     use tokio_util::codec::Framed;
 
@@ -370,7 +392,10 @@ mod tests {
     /// collects what it sends for `listen` (on the paused clock).
     async fn check(hardware: Hardware, listen: Duration) -> Vec<Inbound> {
         let (host_end, device_end) = tokio::io::duplex(64 * 1024);
-        let keypad = matches!(hardware, Hardware::Keypad { .. });
+        let model = match hardware {
+            Hardware::Keypad { .. } => Model::Prolan202,
+            Hardware::Receiver { .. } => Model::Prolan501,
+        };
         let customers = Customers {
             presses_per_min: 12.0,
             min_gap: Duration::from_secs(1),
@@ -384,7 +409,7 @@ mod tests {
             stop.clone(),
             stop.clone(),
         ));
-        let mut host = Framed::new(host_end, AnyCodec::new(keypad));
+        let mut host = Framed::new(host_end, model.codec());
         host.send(Outbound::Query).await.expect("send QUERY");
         let mut messages = Vec::new();
         let deadline = Instant::now() + listen;

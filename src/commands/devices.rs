@@ -20,7 +20,7 @@ use tokio_util::codec::Framed;
 
 use crate::config::{AutoMatch, Model, PortSetting, Settings};
 use crate::port::{self, FramedLink, Link, PortError, PortInfo, UsbInfo};
-use crate::protocol::{AnyCodec, Identity};
+use crate::protocol::Identity;
 
 use super::aligned_table;
 use super::stdout_wants_colour;
@@ -261,9 +261,10 @@ async fn probe_ports(paths: &[String]) -> Vec<(String, Probe)> {
     futures_util::future::join_all(asks).await
 }
 
-/// Asks one port as a ProLAN-202 at its baud rate, then as a ProLAN-501.
+/// Asks one port as each model that sits on a port, at its baud rate, in
+/// registry order (ProLAN-202, then ProLAN-501).
 async fn probe_port(path: &str) -> Probe {
-    for model in [Model::Prolan202, Model::Prolan501] {
+    for model in Model::all().filter(|model| model.has_port()) {
         let stream = match port::open_serial(path, model.default_baud()) {
             Ok(stream) => stream,
             Err(PortError::Open { message, hint, .. }) => {
@@ -271,28 +272,25 @@ async fn probe_port(path: &str) -> Probe {
             }
             Err(error) => return Probe::CannotOpen(error.to_string()),
         };
-        let mut link: FramedLink = Framed::new(
-            Box::new(stream) as Box<dyn Link>,
-            AnyCodec::new(model == Model::Prolan202),
-        );
+        let mut link: FramedLink = Framed::new(Box::new(stream) as Box<dyn Link>, model.codec());
         if let Some((identity, _earlier)) =
             port::probe(&mut link, model, &AutoMatch::default()).await
         {
             return Probe::Found { model, identity };
         }
         // Dropping the link closes the port before it is opened again at
-        // the other model's speed.
+        // the next model's speed.
     }
     Probe::NoAnswer
 }
 
 /// The `[[device]]` table for a device found on `port`.
 fn device_block(port: &Port, model: Model, identity: &Identity) -> String {
-    let kind = match model {
-        Model::Prolan202 => "keypad",
-        _ => "receiver",
-    };
-    let name = format!("{kind}-{}", identity.hardware_id.to_string().to_lowercase());
+    let name = format!(
+        "{}-{}",
+        model.spec().kind,
+        identity.hardware_id.to_string().to_lowercase()
+    );
     let path = port.by_id.as_deref().unwrap_or(&port.path);
     let mut block = String::new();
     block.push_str("[[device]]\n");
@@ -316,22 +314,15 @@ fn toml_string(text: &str) -> String {
 
 /// `ProLAN-501 receiver 501000A7, firmware 2.3, radio channel 4`.
 fn describe_identity(model: Model, identity: &Identity) -> String {
-    match model {
-        Model::Prolan202 => format!(
-            "ProLAN-202 keypad {}, firmware {}",
-            identity.hardware_id, identity.firmware
-        ),
-        _ => format!(
-            "ProLAN-501 receiver {}, firmware {}{}",
-            identity.hardware_id,
-            identity.firmware,
-            identity
-                .radio_channel
-                .map_or(String::new(), |channel| format!(
-                    ", radio channel {channel}"
-                ))
-        ),
-    }
+    let channel = identity.radio_channel.map_or(String::new(), |channel| {
+        format!(", radio channel {channel}")
+    });
+    format!(
+        "{} {}, firmware {}{channel}",
+        model.spec().title,
+        identity.hardware_id,
+        identity.firmware
+    )
 }
 
 /// The table, then a block to paste for every device found that the

@@ -11,11 +11,36 @@
 
 use std::fmt::{self, Write as _};
 use std::io;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{BadFrame, Decoded, Heartbeat, Identity, Inbound, Outbound, Press, UnitId};
+use super::{
+    AnyCodec, BadFrame, Decoded, Heartbeat, HostCodec, Identity, Inbound, Outbound, Press, UnitId,
+};
+use crate::model::{Attachment, Model, ModelSpec};
+
+/// The ProLAN-202 wired keypad, as the agent knows it.
+pub static SPEC: ModelSpec = ModelSpec {
+    name: "prolan-202",
+    title: "ProLAN-202 keypad",
+    kind: "keypad",
+    default_baud: DEFAULT_BAUD,
+    heartbeat_period: Duration::from_secs(HEARTBEAT_PERIOD_S),
+    // The spec: the same (serial, seq) within 10 minutes is one press.
+    duplicate_window: Duration::from_secs(10 * 60),
+    codec: || AnyCodec::new(Codec::new()),
+    // A keypad's `I` carries no radio channel; a receiver's HELLO always does.
+    is_identity: |identity| identity.radio_channel.is_none(),
+    attachment: Attachment::SerialPort,
+};
+
+impl Model {
+    // Spelled as the enum variant it was, so settings and tests name it so.
+    #[allow(non_upper_case_globals)]
+    pub const Prolan202: Model = Model::of(&SPEC);
+}
 
 /// The keypad's default line speed (8N1).
 pub const DEFAULT_BAUD: u32 = 9600;
@@ -47,6 +72,12 @@ impl Codec {
     /// reported once as [`Decoded::Bad`].
     pub fn noise_bytes(&self) -> u64 {
         self.noise_bytes
+    }
+}
+
+impl HostCodec for Codec {
+    fn noise_bytes(&self) -> u64 {
+        Codec::noise_bytes(self)
     }
 }
 

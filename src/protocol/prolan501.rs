@@ -13,12 +13,40 @@
 //! (36 bytes) of a partial frame.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use crc::{Crc, CRC_16_IBM_3740};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{BadFrame, Decoded, Heartbeat, Identity, Inbound, Outbound, Press, UnitId};
+use super::{
+    AnyCodec, BadFrame, Decoded, Heartbeat, HostCodec, Identity, Inbound, Outbound, Press, UnitId,
+};
+use crate::model::{Attachment, Model, ModelSpec};
+
+/// The ProLAN-501 radio receiver, as the agent knows it.
+pub static SPEC: ModelSpec = ModelSpec {
+    name: "prolan-501",
+    title: "ProLAN-501 receiver",
+    kind: "receiver",
+    default_baud: DEFAULT_BAUD,
+    heartbeat_period: Duration::from_secs(HEARTBEAT_PERIOD_S),
+    duplicate_window: DUPLICATE_WINDOW,
+    codec: || AnyCodec::new(Codec::new()),
+    // HELLO always carries a radio channel; a keypad's `I` never does.
+    is_identity: |identity| identity.radio_channel.is_some(),
+    attachment: Attachment::SerialPort,
+};
+
+impl Model {
+    // Spelled as the enum variant it was, so settings and tests name it so.
+    #[allow(non_upper_case_globals)]
+    pub const Prolan501: Model = Model::of(&SPEC);
+}
+
+/// The spec: the same (remote, counter) within 30 s is one press (a remote
+/// sends each press three times).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(30);
 
 /// The receiver's default line speed (8N1).
 pub const DEFAULT_BAUD: u32 = 115_200;
@@ -52,6 +80,12 @@ impl Codec {
     /// is reported as [`Decoded::Bad`].
     pub fn noise_bytes(&self) -> u64 {
         self.noise_bytes
+    }
+}
+
+impl HostCodec for Codec {
+    fn noise_bytes(&self) -> u64 {
+        Codec::noise_bytes(self)
     }
 }
 
