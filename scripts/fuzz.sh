@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The longer fuzzing (docs/fuzzing.md): runs the cargo-fuzz targets of fuzz/
 # on the stable toolchain, then folds what they found into the corpus in
-# fixtures/fuzz/, which `cargo test --test fuzz_corpus` replays in CI.
+# fixtures/fuzz/, which `cargo test --test it fuzz_corpus` replays in CI.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   # default: 300 s for each target
 #   scripts/fuzz.sh seed                    # rewrite the fixture-derived seeds
@@ -114,7 +114,7 @@ own_code_pcs() {
 # that old set and of the run's corpus, that add coverage edges to the named
 # seeds: first those that reach new edges in the agent's own code, most
 # first, then those that add the most edges elsewhere (the toml parser...).
-# So the corpus stays a fixture, not a data set (tests/fuzz_corpus.rs checks
+# So the corpus stays a fixture, not a data set (tests/it/fuzz_corpus.rs checks
 # < 200 files and < 1 MiB in all).
 fold_into_fixtures() {
     local target=$1 cap=$2 fixtures=fixtures/fuzz/$1 work file
@@ -191,7 +191,7 @@ for target in "${targets[@]}"; do
             cp "$minimised" "$fixtures/$name"
             mv "$artifact" "$artifacts/reported-$name"
             echo "!! $target: $fixtures/$name breaks an invariant; its message:"
-            echo "!!   cargo test --test fuzz_corpus corpus_$target"
+            echo "!!   cargo test --test it fuzz_corpus::corpus_$target"
         done
     fi
     fold_into_fixtures "$target" "${cap[$target]}"

@@ -13,8 +13,18 @@ use std::time::Duration;
 use crate::protocol::UnitId;
 
 /// The spec's duplicate windows are minutes long; this bounds memory if a
-/// hostile or broken device floods distinct (unit, seq) pairs.
-const MAX_REMEMBERED: usize = 65_536;
+/// hostile or broken device floods distinct (unit, seq) pairs. It is far
+/// above real use: a keypad pressed 27 times a second for its 10 minutes,
+/// a receiver hearing 546 presses a second for its 30 s. Past it the
+/// oldest pairs are forgotten first (a radio repeat follows its press
+/// within milliseconds, so it is still caught).
+const MAX_REMEMBERED: usize = 16_384;
+/// Once full, the map of pairs churns (one out, one in, per press). A hash
+/// table at its size fills with tombstones and doubles, and doubles again,
+/// over minutes of a flood (measured: a 2.2 MB step after 20 s); at twice
+/// the pairs it holds it only ever rehashes in place, so it is sized so
+/// once, when it first fills.
+const CHURN_CAPACITY: usize = 2 * MAX_REMEMBERED;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -66,6 +76,9 @@ impl PressFilter {
     /// the order the presses were accepted.
     pub fn remember(&mut self, unit: UnitId, seq: u16, at_ms: i64) {
         if self.order.len() >= MAX_REMEMBERED {
+            if self.accepted.capacity() < CHURN_CAPACITY {
+                self.accepted.reserve(CHURN_CAPACITY - self.accepted.len());
+            }
             if let Some((_, old_unit, old_seq)) = self.order.pop_front() {
                 self.accepted.remove(&(old_unit, old_seq));
             }
@@ -91,9 +104,18 @@ impl PressFilter {
                 self.accepted.remove(&(unit, seq));
             }
         }
-        if self.last_press.len() > MAX_REMEMBERED {
-            let keep_ms = self.min_interval_ms.max(self.duplicate_window_ms);
+        // Only presses within `min_interval` can suppress another. Swept
+        // when the map has doubled past the bound, so a flood of distinct
+        // units costs one sweep per `MAX_REMEMBERED` presses, not one per
+        // press; if that many units were pressed within `min_interval` (no
+        // real shop), their anti-spam memory is dropped rather than the
+        // bound.
+        if self.last_press.len() > 2 * MAX_REMEMBERED {
+            let keep_ms = self.min_interval_ms;
             self.last_press.retain(|_, at| now_ms - *at < keep_ms);
+            if self.last_press.len() > MAX_REMEMBERED {
+                self.last_press.clear();
+            }
         }
     }
 }
@@ -202,5 +224,21 @@ mod tests {
             filter.judge(UnitId(index), 0, 0);
         }
         assert_eq!(filter.remembered(), MAX_REMEMBERED);
+        // Churning at the bound for a long flood: the table never grows.
+        let sized = filter.accepted.capacity();
+        for index in 0..(20 * MAX_REMEMBERED as u32) {
+            filter.judge(UnitId(index % 997), (index / 997) as u16, 0);
+        }
+        assert_eq!(filter.remembered(), MAX_REMEMBERED);
+        assert!(
+            filter.accepted.capacity() <= sized,
+            "no growth while churning: {} after {sized}",
+            filter.accepted.capacity()
+        );
+        // Distinct units without end: the anti-spam memory stays bounded too.
+        for index in 0..(3 * MAX_REMEMBERED as u32) {
+            filter.judge(UnitId(1_000_000 + index), 0, 0);
+        }
+        assert!(filter.last_press.len() <= 2 * MAX_REMEMBERED + 1);
     }
 }

@@ -1,7 +1,7 @@
 //! Fuzzes the configuration loader, `config::parse`.
 //! The input format and every invariant checked are in
 //! `tests/fuzz_checks/mod.rs`, shared with the corpus replay and the
-//! property tests of `tests/fuzz_corpus.rs`.
+//! property tests of `tests/it/fuzz_corpus.rs`.
 
 #![no_main]
 

@@ -1,7 +1,7 @@
 //! Fuzzes the ProLAN-501 host-side decoder (and the receiver side, `decode_outbound`).
 //! The input format and every invariant checked are in
 //! `tests/fuzz_checks/mod.rs`, shared with the corpus replay and the
-//! property tests of `tests/fuzz_corpus.rs`.
+//! property tests of `tests/it/fuzz_corpus.rs`.
 
 #![no_main]
 

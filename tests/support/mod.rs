@@ -19,7 +19,9 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{
+    mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -89,6 +91,29 @@ pub fn radio_press(remote: UnitId, key: u8, counter: u16, rssi: i8, battery: Opt
 pub struct TestDir {
     temp: TempDir,
     diagnostics: Diagnostics,
+    /// Held for the test's life: see [`whole_machine`].
+    _machine: MachineShare,
+}
+
+/// The machine the tests share. A test that loads all of it (a flood at
+/// full speed) takes it whole and runs alone; every other test that runs an
+/// agent shares it, so its timings are not measured beside a flood.
+static MACHINE: RwLock<()> = RwLock::new(());
+
+/// A share of [`MACHINE`], released when dropped.
+pub enum MachineShare {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Whole(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+/// Waits until no test holds the machine whole, then shares it.
+pub fn shared_machine() -> MachineShare {
+    MachineShare::Shared(MACHINE.read().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// Waits until no other test holds any of the machine, then holds it all.
+pub fn whole_machine() -> MachineShare {
+    MachineShare::Whole(MACHINE.write().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// One `[[device]]` table.
@@ -118,6 +143,16 @@ pub struct Agent {
 
 impl TestDir {
     pub fn new() -> TestDir {
+        TestDir::with(shared_machine())
+    }
+
+    /// A test folder for a test that loads the whole machine: it waits for
+    /// the others and runs alone.
+    pub fn alone() -> TestDir {
+        TestDir::with(whole_machine())
+    }
+
+    fn with(machine: MachineShare) -> TestDir {
         let temp = tempfile::Builder::new()
             .prefix("epm-agent-test-")
             .tempdir()
@@ -126,6 +161,7 @@ impl TestDir {
         TestDir {
             temp,
             diagnostics: Diagnostics::default(),
+            _machine: machine,
         }
     }
 

@@ -15,8 +15,8 @@
 //! status events actually stored, never a loosened bound. Every wait has a
 //! deadline and fails with the tail of the agent's stderr.
 
-mod backend;
-mod support;
+use crate::backend;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

@@ -10,8 +10,8 @@
 //! copies after a reconnect are allowed where the test disrupts delivery).
 //! Needs `scripts/test-servers.sh`.
 
-mod servers;
-mod support;
+use crate::servers;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -10,8 +10,8 @@
 //! the database rejects, and a server whose certificate is not trusted.
 //! Needs `scripts/test-servers.sh` (which `scripts/test.sh` runs first).
 
-mod servers;
-mod support;
+use crate::servers;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};

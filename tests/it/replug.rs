@@ -3,7 +3,7 @@
 //! agent notices the unplug, reopens the path by itself within 2 s of the
 //! replug (no restart), counts the reconnect, and presses flow again.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! press stored within 2 s of being written, the device's state saying that
 //! it does not read, and a SIGTERM still ending the agent within 10 s.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

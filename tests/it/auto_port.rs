@@ -4,11 +4,12 @@
 //! stand in for the ports; they are not in the OS port list, so the probe
 //! is given them as candidates directly.
 
-mod support;
+use crate::support;
 
 use epm_agent::config::{AutoMatch, Model};
 use epm_agent::port::{self, PassedOver, PortInfo, UsbInfo};
 use epm_agent::protocol::{Decoded, Inbound, UnitId};
+use futures_util::StreamExt;
 use support::{EmulatorOptions, TestDir};
 
 fn usb(path: &str, vid: u16, pid: u16) -> PortInfo {
@@ -183,15 +184,24 @@ async fn presses_read_while_probing_are_handed_on_not_dropped() {
     )
     .await
     .expect("the receiver answers");
-    let counters: Vec<u16> = found
-        .earlier
-        .iter()
-        .filter_map(|decoded| match decoded {
-            Decoded::Message(Inbound::Press(press)) => Some(press.seq),
-            _ => None,
-        })
-        .collect();
-    // Each press came three times (the radio repeats it); every copy is
-    // handed on, and the driver's duplicate filter keeps one.
+    let press_seq = |decoded: &Decoded| match decoded {
+        Decoded::Message(Inbound::Press(press)) => Some(press.seq),
+        _ => None,
+    };
+    // What came before the identity is handed on with the port; what came
+    // after it is still on the port. Together: every copy, in order (each
+    // press came three times, as the radio repeats it; the driver's
+    // duplicate filter keeps one).
+    let mut counters: Vec<u16> = found.earlier.iter().filter_map(press_seq).collect();
+    let mut link = found.link;
+    while counters.len() < 9 {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), link.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {counters:?} arrived"));
+        match next {
+            Some(Ok(decoded)) => counters.extend(press_seq(&decoded)),
+            other => panic!("the port ended after {counters:?}: {other:?}"),
+        }
+    }
     assert_eq!(counters, vec![1, 1, 1, 2, 2, 2, 3, 3, 3]);
 }

@@ -5,7 +5,7 @@
 //! is recognised as a duplicate, and presses after the restart are stored as
 //! usual.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! proptest properties (no panic, bounded buffer, no invented press, a valid
 //! frame is found in any noise, even noise that fakes a frame start).
 
-mod codec_support;
+use crate::codec_support;
 
 use bytes::BytesMut;
 use codec_support::{

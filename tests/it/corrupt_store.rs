@@ -8,7 +8,7 @@
 //! Last, the `epm-agent run` binary starts on a damaged store, says so, and
 //! keeps running.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! are marked and get no new block, and the printed `[[device]]` blocks are
 //! a valid configuration once pasted.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -5,7 +5,7 @@
 //! keeps retained messages, and checks client certificates and passwords.
 //! Needs `scripts/test-servers.sh` (which `scripts/test.sh` runs first).
 
-mod servers;
+use crate::servers;
 
 use std::process::Output;
 use std::time::{Duration, Instant};

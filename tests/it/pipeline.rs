@@ -5,7 +5,7 @@
 //! up with exactly one row per press, each with the right fields, and the
 //! right counters.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! and random noise, cut into random chunks; configuration files edited
 //! line by line.
 
-mod fuzz_checks;
+use crate::fuzz_checks;
 
 use std::panic;
 use std::path::PathBuf;

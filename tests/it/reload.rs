@@ -6,7 +6,7 @@
 //! by `type` and checked on their own (each once, none missing from the
 //! kept sink, none from after the reload in the removed one's).
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
