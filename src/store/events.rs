@@ -190,6 +190,17 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+impl Store {
+    /// Writes `event` as it is, for tests that need events at given times.
+    pub(crate) fn insert_event_for_test(&self, event: &Event) -> Result<(), StoreError> {
+        let ts_ms =
+            chrono::DateTime::parse_from_rfc3339(&event.ts).map_or(0, |at| at.timestamp_millis());
+        insert_event(&self.connection, event, ts_ms)?;
+        Ok(())
+    }
+}
+
 pub(super) const EVENT_COLUMNS: &str = "seqno, id, type, ts, tz_offset_min, device, model, unit, key, answer, question, seq, rssi, battery, suppressed, status";
 /// How many columns [`EVENT_COLUMNS`] names: a query may select more after them.
 pub(super) const EVENT_COLUMN_COUNT: usize = 16;

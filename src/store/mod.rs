@@ -11,6 +11,7 @@ pub mod agent_state;
 pub mod devices;
 pub mod events;
 pub mod lock;
+pub mod press_counts;
 pub mod recovery;
 pub mod retention;
 pub mod sinks;
@@ -28,6 +29,7 @@ pub use devices::{
     DeviceCounters, DeviceReport, DeviceRow, LinkCounters, LinkState, UnitReport, UnitRow,
 };
 pub use events::{AnswerCount, EventSpan, RecentPress, StoredEvent};
+pub use press_counts::{Bucket, Counts};
 pub use retention::Prune;
 pub use sinks::{DeadLetter, InFlightBatch, SinkCursor, SinkRow, SinkState, SinkUpdate};
 pub use snapshot::{DeviceSnapshot, SinkSnapshot, Snapshot};
@@ -297,6 +299,14 @@ impl Store {
             transaction.commit()?;
         }
         Ok(())
+    }
+
+    /// How many migrations the store has had (0: its tables are not
+    /// created yet).
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))?)
     }
 
     /// Bytes of the database file in use (free pages not counted).
