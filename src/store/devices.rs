@@ -13,7 +13,8 @@ use crate::event::format_timestamp;
 use crate::protocol::UnitId;
 
 /// connected | silent | disconnected, as in the status contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LinkState {
     Connected,
     Silent,

@@ -52,7 +52,8 @@ pub enum SinkUpdate {
 }
 
 /// ok | retrying | paused, as in the status contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SinkState {
     Ok,
     Retrying,
