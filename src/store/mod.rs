@@ -357,3 +357,179 @@ fn restrict_file_permissions(path: &Path) {
     #[cfg(not(unix))]
     let _ = path;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// The words that start an SQL statement this agent writes.
+    const SQL_KEYWORDS: [&str; 5] = ["SELECT", "INSERT", "UPDATE", "DELETE", "CREATE"];
+
+    /// Every `.rs` file under `folder`, in a stable order.
+    fn rust_files(folder: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let mut folders = vec![folder.to_path_buf()];
+        while let Some(folder) = folders.pop() {
+            let entries = std::fs::read_dir(&folder).expect("a readable source folder");
+            for entry in entries {
+                let path = entry.expect("a readable folder entry").path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else if path.extension().is_some_and(|extension| extension == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+
+    /// The string literals of Rust source (plain, raw and byte strings),
+    /// with the line each starts on; comments, doc comments and char
+    /// literals are skipped.
+    fn string_literals(source: &str) -> Vec<(usize, String)> {
+        let chars: Vec<char> = source.chars().collect();
+        let mut literals = Vec::new();
+        let mut line = 1;
+        let mut at = 0;
+        while at < chars.len() {
+            let here = chars[at];
+            let next = chars.get(at + 1).copied();
+            if here == '\n' {
+                line += 1;
+                at += 1;
+            } else if here == '/' && next == Some('/') {
+                while at < chars.len() && chars[at] != '\n' {
+                    at += 1;
+                }
+            } else if here == '/' && next == Some('*') {
+                at += 2;
+                while at < chars.len() && !(chars[at] == '*' && chars.get(at + 1) == Some(&'/')) {
+                    line += usize::from(chars[at] == '\n');
+                    at += 1;
+                }
+                at += 2;
+            } else if here == '\'' {
+                // A char literal ('x', '\n', '"'), or else a lifetime.
+                if next == Some('\\') {
+                    at += 2;
+                    while at < chars.len() && chars[at] != '\'' {
+                        at += 1;
+                    }
+                    at += 1;
+                } else if chars.get(at + 2) == Some(&'\'') {
+                    at += 3;
+                } else {
+                    at += 1;
+                }
+            } else if here == 'r' && matches!(next, Some('"' | '#')) && !is_identifier(&chars, at) {
+                let hashes = chars[at + 1..].iter().take_while(|c| **c == '#').count();
+                if chars.get(at + 1 + hashes) != Some(&'"') {
+                    at += 1;
+                    continue;
+                }
+                let start = at + 2 + hashes;
+                let closing: Vec<char> = std::iter::once('"')
+                    .chain(std::iter::repeat_n('#', hashes))
+                    .collect();
+                let mut end = start;
+                while end < chars.len() && !chars[end..].starts_with(&closing) {
+                    end += 1;
+                }
+                let text: String = chars[start..end.min(chars.len())].iter().collect();
+                literals.push((line, text.clone()));
+                line += text.matches('\n').count();
+                at = end + closing.len();
+            } else if here == '"' {
+                let start = at + 1;
+                let mut end = start;
+                while end < chars.len() && chars[end] != '"' {
+                    end += if chars[end] == '\\' { 2 } else { 1 };
+                }
+                let text: String = chars[start..end.min(chars.len())].iter().collect();
+                literals.push((line, text.clone()));
+                line += text.matches('\n').count();
+                at = end + 1;
+            } else {
+                at += 1;
+            }
+        }
+        literals
+    }
+
+    /// Whether the char at `at` continues an identifier (the `r` of `for"`
+    /// is no raw string).
+    fn is_identifier(chars: &[char], at: usize) -> bool {
+        at > 0 && (chars[at - 1].is_alphanumeric() || chars[at - 1] == '_')
+    }
+
+    /// An SQL keyword at the start of `text` or after whitespace, followed
+    /// by whitespace: `"SELECT x"`, `"…\n   UPDATE t"`, not "SELECTED" or
+    /// "cannot UPDATE." at the end of a sentence.
+    fn holds_sql(text: &str) -> bool {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let followed =
+            |index: usize| index + 1 < words.len() || text.ends_with(char::is_whitespace);
+        words
+            .iter()
+            .enumerate()
+            .any(|(index, word)| SQL_KEYWORDS.contains(word) && followed(index))
+    }
+
+    /// Every SQL literal outside the store, as `file:line: literal`.
+    fn sql_outside_the_store(source_root: &Path) -> Vec<String> {
+        let store = source_root.join("store");
+        // The destination database of the PostgreSQL sink is the
+        // customer's, not the agent's store.
+        let postgres_sink = source_root.join("sink").join("postgres.rs");
+        let mut found = Vec::new();
+        for file in rust_files(source_root) {
+            if file.starts_with(&store) || file == postgres_sink {
+                continue;
+            }
+            let source = std::fs::read_to_string(&file).expect("a readable source file");
+            for (line, literal) in string_literals(&source) {
+                if holds_sql(&literal) {
+                    let shown = literal.split_whitespace().collect::<Vec<_>>().join(" ");
+                    found.push(format!("{}:{line}: {shown:?}", file.display()));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn only_the_store_writes_sql() {
+        let source_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let found = sql_outside_the_store(&source_root);
+        assert!(
+            found.is_empty(),
+            "SQL outside src/store/ (move it behind a function of the store):\n{}",
+            found.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_scan_finds_sql_literals_and_nothing_else() {
+        let source = r##"
+            /// Doc comments may say SELECT something.
+            // So may comments: DELETE FROM events
+            /* and block comments: INSERT INTO x */
+            let lifetime: &'static str = "plain prose, cannot UPDATE";
+            let quote = '"';
+            let sql = "SELECT count(*) FROM events";
+            let later = "
+                 UPDATE sinks SET state = ?1";
+            let raw = r#"INSERT INTO "quoted" VALUES (1)"#;
+            let word = "SELECTED items";
+        "##;
+        let sql: Vec<(usize, bool)> = string_literals(source)
+            .into_iter()
+            .map(|(line, literal)| (line, holds_sql(&literal)))
+            .collect();
+        assert_eq!(
+            sql,
+            [(5, false), (7, true), (8, true), (10, true), (11, false)]
+        );
+    }
+}
