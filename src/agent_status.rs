@@ -81,7 +81,7 @@ fn detail(status: &Status, reason: Reason) -> Result<StatusDetail, serde_json::E
             .map(|device| DeviceDetail {
                 name: &device.name,
                 model: &device.model,
-                state: &device.state,
+                state: device.state.as_str(),
                 presses: device.presses,
                 bad_frames: device.bad_frames,
                 last_frame_at: device.last_frame_at.as_deref(),
@@ -92,7 +92,7 @@ fn detail(status: &Status, reason: Reason) -> Result<StatusDetail, serde_json::E
             .iter()
             .map(|sink| SinkDetail {
                 name: &sink.name,
-                state: &sink.state,
+                state: sink.state.as_str(),
                 pending: sink.pending,
             })
             .collect(),
@@ -107,7 +107,7 @@ fn device_states(status: &Status) -> BTreeMap<String, String> {
     status
         .devices
         .iter()
-        .map(|device| (device.name.clone(), device.state.clone()))
+        .map(|device| (device.name.clone(), device.state.as_str().to_string()))
         .collect()
 }
 

@@ -698,23 +698,21 @@ async fn heartbeat(store: StoreHandle, data_dir: PathBuf, shutdown: Cancellation
 
 /// `2/2 devices connected, 1234 presses; sinks: reporter ok`.
 fn summary_line(store: &Store) -> Result<String, StoreError> {
-    let connection = store.connection();
-    let (devices, connected, presses): (i64, i64, i64) = connection.query_row(
-        "SELECT count(*), coalesce(sum(state = 'connected'), 0), coalesce(sum(presses), 0) FROM devices",
-        [],
-        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-    )?;
-    let mut statement = connection.prepare_cached("SELECT name, state FROM sinks ORDER BY name")?;
-    let sinks: Vec<String> = statement
-        .query_map([], |row| {
-            Ok(format!(
-                "{} {}",
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut line = format!("{connected}/{devices} devices connected, {presses} presses");
+    let devices = store.devices()?;
+    let connected = devices
+        .iter()
+        .filter(|device| device.state == store::LinkState::Connected)
+        .count();
+    let presses: u64 = devices.iter().map(|device| device.presses).sum();
+    let sinks: Vec<String> = store
+        .sinks()?
+        .iter()
+        .map(|sink| format!("{} {}", sink.name, sink.state.as_str()))
+        .collect();
+    let mut line = format!(
+        "{connected}/{} devices connected, {presses} presses",
+        devices.len()
+    );
     if !sinks.is_empty() {
         line.push_str("; sinks: ");
         line.push_str(&sinks.join(", "));

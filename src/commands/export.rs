@@ -136,17 +136,12 @@ enum Lines<'a> {
 impl Selection {
     fn of(store: &Store, range: TimeRange) -> anyhow::Result<Selection> {
         let (since_ms, until_ms) = range.millis();
-        // Counted on the time index alone.
-        let (count, first, last): (u64, Option<i64>, Option<i64>) = store.connection().query_row(
-            "SELECT count(*), min(seqno), max(seqno) FROM events WHERE ts_ms >= ?1 AND ts_ms < ?2",
-            [since_ms, until_ms],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )?;
+        let span = store.event_span(since_ms, until_ms)?;
         Ok(Selection {
             range,
-            count,
-            first_seqno: first.unwrap_or(0),
-            last_seqno: last.unwrap_or(-1),
+            count: span.count,
+            first_seqno: span.first_seqno.unwrap_or(0),
+            last_seqno: span.last_seqno.unwrap_or(-1),
         })
     }
 

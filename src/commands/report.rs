@@ -19,11 +19,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use chrono::{DateTime, Local, NaiveDate, Utc};
 use rusqlite::types::Value;
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::config::Settings;
 use crate::event::format_timestamp;
+pub use crate::store::Counts;
+use crate::store::{Bucket, Store};
 
 use super::chart::{self, ChartData, HourPresses};
 use super::time_range::TimeRange;
@@ -70,26 +71,6 @@ pub enum Grouping {
     Unit,
 }
 
-/// The presses of one group, each counted in `presses` and in exactly one
-/// of the other columns (`promoters` and `detractors` are part of `scores`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub presses: u64,
-    pub suppressed: u64,
-    pub yes: u64,
-    pub neutral: u64,
-    pub no: u64,
-    /// Not suppressed, and the key is unmapped or the answer is none of the
-    /// others.
-    pub other: u64,
-    /// Not suppressed, answer "0" to "10".
-    pub scores: u64,
-    /// Scores 9 and 10.
-    pub promoters: u64,
-    /// Scores 0 to 6.
-    pub detractors: u64,
-}
-
 /// A group of presses: a day, an hour of the day, or a device, question or
 /// unit by name (`None`: presses of a device without a question).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,9 +93,9 @@ pub struct Report {
 pub fn run(settings: &Settings, args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let range = TimeRange::parse(args.since.as_deref(), args.until.as_deref(), Local::now())?;
     let store = open_store(&settings.agent.data_dir)?;
-    let report = Report::query(store.connection(), range, args.by)?;
+    let report = Report::query(&store, range, args.by)?;
     if let Some(path) = &args.chart {
-        chart::write_svg(path, &chart_data(store.connection(), &report)?)?;
+        chart::write_svg(path, &chart_data(&store, &report)?)?;
     }
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &report_json(&report))?;
@@ -142,16 +123,14 @@ impl Grouping {
         }
     }
 
-    /// The SQL value a press is grouped by. Day and hour are counted in
-    /// whole local days and hours since the epoch (integer arithmetic,
-    /// cheaper per row than SQLite's date functions).
-    fn bucket_sql(self) -> &'static str {
+    /// What the store groups presses by for this grouping.
+    fn bucket(self) -> Bucket {
         match self {
-            Grouping::Day => "(ts_ms + tz_offset_min * 60000) / 86400000",
-            Grouping::Hour => "(ts_ms + tz_offset_min * 60000) / 3600000 % 24",
-            Grouping::Device => "device",
-            Grouping::Question => "question",
-            Grouping::Unit => "unit",
+            Grouping::Day => Bucket::LocalDay,
+            Grouping::Hour => Bucket::LocalHour,
+            Grouping::Device => Bucket::Device,
+            Grouping::Question => Bucket::Question,
+            Grouping::Unit => Bucket::Unit,
         }
     }
 
@@ -182,33 +161,6 @@ impl Grouping {
     }
 }
 
-impl Counts {
-    /// IEL = 100 × (yes − no) / (yes + neutral + no); `None` without any of
-    /// those answers.
-    pub fn iel(&self) -> Option<f64> {
-        let answered = self.yes + self.neutral + self.no;
-        (answered > 0).then(|| 100.0 * (self.yes as f64 - self.no as f64) / answered as f64)
-    }
-
-    /// NPS = 100 × (promoters − detractors) / scores; `None` without scores.
-    pub fn nps(&self) -> Option<f64> {
-        (self.scores > 0)
-            .then(|| 100.0 * (self.promoters as f64 - self.detractors as f64) / self.scores as f64)
-    }
-
-    fn add(&mut self, other: &Counts) {
-        self.presses += other.presses;
-        self.suppressed += other.suppressed;
-        self.yes += other.yes;
-        self.neutral += other.neutral;
-        self.no += other.no;
-        self.other += other.other;
-        self.scores += other.scores;
-        self.promoters += other.promoters;
-        self.detractors += other.detractors;
-    }
-}
-
 impl Group {
     /// How the group is written in every format; `None` for a device
     /// without a question.
@@ -223,33 +175,17 @@ impl Group {
 
 impl Report {
     /// Counts the presses of `range` per group, in one query.
-    pub fn query(
-        connection: &Connection,
-        range: TimeRange,
-        by: Grouping,
-    ) -> anyhow::Result<Report> {
-        let (sql, bounds) = aggregate_sql(by, &range);
-        let mut statement = connection.prepare(&sql)?;
-        let rows = statement.query_map(rusqlite::params_from_iter(bounds), |row| {
-            Ok((
-                row.get::<_, Value>(0)?,
-                Counts {
-                    presses: row.get(1)?,
-                    suppressed: row.get(2)?,
-                    yes: row.get(3)?,
-                    neutral: row.get(4)?,
-                    no: row.get(5)?,
-                    other: row.get(6)?,
-                    scores: row.get(7)?,
-                    promoters: row.get(8)?,
-                    detractors: row.get(9)?,
-                },
-            ))
-        })?;
+    pub fn query(store: &Store, range: TimeRange, by: Grouping) -> anyhow::Result<Report> {
+        let rows = store
+            .press_counts(
+                range.since.map(|since| since.timestamp_millis()),
+                range.until.map(|until| until.timestamp_millis()),
+                by.bucket(),
+            )
+            .context("cannot read the report from the store")?;
         let mut groups = Vec::new();
         let mut total = Counts::default();
-        for row in rows {
-            let (bucket, counts) = row.context("cannot read the report from the store")?;
+        for (bucket, counts) in rows {
             total.add(&counts);
             groups.push((by.group(bucket)?, counts));
         }
@@ -262,56 +198,14 @@ impl Report {
     }
 }
 
-/// The scores of the NPS, as SQL text literals.
-const SCORES_SQL: &str = "'0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10'";
-const PROMOTERS_SQL: &str = "'9', '10'";
-const DETRACTORS_SQL: &str = "'0', '1', '2', '3', '4', '5', '6'";
-
-/// The aggregate query and its parameters. A bound is only in the query
-/// when it is given: a range uses `events_by_time`, no range scans the
-/// table in order (faster than visiting every row through the index).
-fn aggregate_sql(by: Grouping, range: &TimeRange) -> (String, Vec<i64>) {
-    let mut conditions = vec!["type = 'press'"];
-    let mut bounds = Vec::new();
-    if let Some(since) = range.since {
-        conditions.push("ts_ms >= ?");
-        bounds.push(since.timestamp_millis());
-    }
-    if let Some(until) = range.until {
-        conditions.push("ts_ms < ?");
-        bounds.push(until.timestamp_millis());
-    }
-    let counted = "NOT suppressed AND";
-    let sql = format!(
-        "SELECT {bucket} AS bucket,
-                count(*),
-                count(*) FILTER (WHERE suppressed),
-                count(*) FILTER (WHERE {counted} answer = 'yes'),
-                count(*) FILTER (WHERE {counted} answer = 'neutral'),
-                count(*) FILTER (WHERE {counted} answer = 'no'),
-                count(*) FILTER (WHERE {counted} (answer IS NULL
-                    OR answer NOT IN ('yes', 'neutral', 'no', {SCORES_SQL}))),
-                count(*) FILTER (WHERE {counted} answer IN ({SCORES_SQL})),
-                count(*) FILTER (WHERE {counted} answer IN ({PROMOTERS_SQL})),
-                count(*) FILTER (WHERE {counted} answer IN ({DETRACTORS_SQL}))
-         FROM events
-         WHERE {conditions}
-         GROUP BY bucket
-         ORDER BY bucket",
-        bucket = by.bucket_sql(),
-        conditions = conditions.join(" AND "),
-    );
-    (sql, bounds)
-}
-
 /// The chart's numbers: the report's own rows when it is by day or hour,
 /// otherwise one more query for each.
-fn chart_data(connection: &Connection, report: &Report) -> anyhow::Result<ChartData> {
+fn chart_data(store: &Store, report: &Report) -> anyhow::Result<ChartData> {
     let groups_by = |by: Grouping| -> anyhow::Result<Vec<(Group, Counts)>> {
         if report.by == by {
             Ok(report.groups.clone())
         } else {
-            Ok(Report::query(connection, report.range, by)?.groups)
+            Ok(Report::query(store, report.range, by)?.groups)
         }
     };
     let iel_per_day: Vec<(NaiveDate, Option<f64>)> = groups_by(Grouping::Day)?
@@ -582,7 +476,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::store::Store;
+    use crate::event::{Event, EventBody, PressFields};
 
     fn counts(yes: u64, neutral: u64, no: u64) -> Counts {
         Counts {
@@ -638,26 +532,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open_writer(dir.path()).expect("store");
         for (index, (ts, tz_offset_min, device, answer, suppressed)) in presses.iter().enumerate() {
-            let at = DateTime::parse_from_rfc3339(ts).expect("test time");
-            store
-                .connection()
-                .execute(
-                    "INSERT INTO events (id, type, ts, ts_ms, tz_offset_min, device, model, unit,
-                                         key, answer, question, seq, suppressed)
-                     VALUES (?1, 'press', ?2, ?3, ?4, ?5, 'prolan-501', '301A0001', 1, ?6,
-                             NULL, ?7, ?8)",
-                    rusqlite::params![
-                        format!("event-{index}"),
-                        ts,
-                        at.timestamp_millis(),
-                        tz_offset_min,
-                        device,
-                        answer,
-                        index,
-                        suppressed
-                    ],
-                )
-                .expect("insert");
+            let event = Event {
+                id: format!("event-{index}"),
+                ts: ts.to_string(),
+                tz_offset_min: *tz_offset_min,
+                body: EventBody::Press(PressFields {
+                    device: device.to_string(),
+                    model: "prolan-501".into(),
+                    unit: "301A0001".into(),
+                    key: 1,
+                    answer: answer.map(String::from),
+                    question: None,
+                    seq: index as u16,
+                    rssi: None,
+                    battery: None,
+                    suppressed: *suppressed,
+                }),
+            };
+            store.insert_event_for_test(&event).expect("insert");
         }
         (dir, store)
     }
@@ -679,8 +571,7 @@ mod tests {
             ("2026-11-02T04:10:00Z", -300, "entrance", Some("no"), false),
             ("2026-11-02T09:00:00Z", 180, "entrance", Some("no"), true),
         ]);
-        let by_day =
-            Report::query(store.connection(), TimeRange::default(), Grouping::Day).expect("day");
+        let by_day = Report::query(&store, TimeRange::default(), Grouping::Day).expect("day");
         assert_eq!(
             labels(&by_day),
             [
@@ -688,8 +579,7 @@ mod tests {
                 (Some("2026-11-02".into()), 2)
             ]
         );
-        let by_hour =
-            Report::query(store.connection(), TimeRange::default(), Grouping::Hour).expect("hour");
+        let by_hour = Report::query(&store, TimeRange::default(), Grouping::Hour).expect("hour");
         assert_eq!(
             labels(&by_hour),
             [
@@ -722,40 +612,8 @@ mod tests {
             since: Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).single(),
             until: Utc.with_ymd_and_hms(2026, 11, 2, 11, 0, 0).single(),
         };
-        let report = Report::query(store.connection(), range, Grouping::Question).expect("query");
+        let report = Report::query(&store, range, Grouping::Question).expect("query");
         assert_eq!(labels(&report), [(None, 2)]);
         assert_eq!((report.total.yes, report.total.other), (1, 1));
-    }
-
-    #[test]
-    fn a_range_is_read_through_the_time_index() {
-        let (_dir, store) = store_with(&[]);
-        let range = TimeRange {
-            since: Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).single(),
-            until: None,
-        };
-        for by in [
-            Grouping::Day,
-            Grouping::Hour,
-            Grouping::Device,
-            Grouping::Question,
-            Grouping::Unit,
-        ] {
-            let (sql, bounds) = aggregate_sql(by, &range);
-            let mut statement = store
-                .connection()
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .expect("explain");
-            let plan: Vec<String> = statement
-                .query_map(rusqlite::params_from_iter(bounds), |row| row.get(3))
-                .expect("plan")
-                .collect::<Result<_, _>>()
-                .expect("plan rows");
-            assert!(
-                plan.iter()
-                    .any(|step| step.contains("USING INDEX events_by_time (ts_ms>?)")),
-                "{by:?}: {plan:?}"
-            );
-        }
     }
 }

@@ -16,13 +16,13 @@ use std::io::Write;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{aligned_table, open_store, stdout_wants_colour};
 use crate::config::Settings;
 use crate::daemon::HEARTBEAT_INTERVAL;
-use crate::store::Store;
+pub use crate::store::UnitRow as UnitStatus;
+use crate::store::{DeviceSnapshot, LinkState, SinkState, Snapshot, Store};
 
 /// The command's options.
 #[derive(clap::Args, Debug)]
@@ -88,27 +88,13 @@ pub struct DaemonStatus {
     pub clock_jump_s: Option<i64>,
 }
 
-/// The store's own record of what went wrong (`store_state`).
-#[derive(Debug, Default)]
-struct StoreState {
-    pruned_by_retention: u64,
-    pruned_by_size: u64,
-    over_cap_since: Option<String>,
-    write_failures_since: Option<String>,
-    last_write_error: Option<String>,
-    dropped_presses: u64,
-    recovered_at: Option<String>,
-    damaged_file: Option<String>,
-    salvaged_events: u64,
-}
-
 #[derive(Debug, Serialize)]
 pub struct DeviceStatus {
     pub name: String,
     pub model: String,
     pub port: String,
     /// connected | silent | disconnected
-    pub state: String,
+    pub state: LinkState,
     pub state_since: Option<String>,
     pub hardware_id: Option<String>,
     pub firmware: Option<String>,
@@ -123,15 +109,6 @@ pub struct DeviceStatus {
     pub acks_dropped: u64,
     pub last_error: Option<String>,
     pub units: Vec<UnitStatus>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct UnitStatus {
-    pub unit: String,
-    pub last_seen_at: Option<String>,
-    pub battery: Option<u8>,
-    pub rssi: Option<i8>,
-    pub presses: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -164,13 +141,35 @@ pub struct StoreStatus {
 pub struct SinkStatus {
     pub name: String,
     /// ok | retrying | paused
-    pub state: String,
+    pub state: SinkState,
     pub pending: u64,
     pub delivered: u64,
     pub dead_letter: u64,
     pub last_success_at: Option<String>,
     pub last_error: Option<String>,
 }
+
+/// What `status` learns outside the store, at the edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// The process of the daemon's recorded pid exists.
+    pub daemon_process_exists: bool,
+    /// Free disk under the store, when it can be told.
+    pub free_disk_bytes: Option<u64>,
+}
+
+/// What the health rules make of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub health: Health,
+    /// Why the health is not ok, worst first.
+    pub problems: Vec<String>,
+    /// Not stopped, its process exists and its heartbeat is fresh.
+    pub daemon_running: bool,
+}
+
+/// What a configured device shows before the agent has saved its row.
+const NOT_STARTED: &str = "not started yet";
 
 /// Prints the status; returns the exit code.
 pub fn run(settings: &Settings, args: &Args, out: &mut dyn Write) -> anyhow::Result<u8> {
@@ -191,50 +190,107 @@ pub fn read_status(
     store: &Store,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Status> {
-    let connection = store.connection();
-    // One read transaction: every number comes from the same moment.
-    connection.execute_batch("BEGIN")?;
-    let result = read_in_transaction(settings, store, now);
-    let _ = connection.execute_batch("COMMIT");
-    result
+    let devices: Vec<&str> = settings
+        .devices
+        .iter()
+        .map(|device| device.name.as_str())
+        .collect();
+    let sinks: Vec<&str> = settings
+        .sinks
+        .iter()
+        .map(|sink| sink.name.as_str())
+        .collect();
+    let snapshot = store.snapshot(&devices, &sinks)?;
+    let host = Host {
+        daemon_process_exists: snapshot
+            .daemon
+            .as_ref()
+            .and_then(|daemon| daemon.pid)
+            .is_some_and(process_exists),
+        free_disk_bytes: free_disk_bytes(&settings.agent.data_dir),
+    };
+    let verdict = judge(&snapshot, &host, settings, now);
+
+    let daemon = snapshot
+        .daemon
+        .as_ref()
+        .map_or_else(DaemonStatus::default, |daemon| DaemonStatus {
+            running: verdict.daemon_running,
+            pid: daemon.pid,
+            version: daemon.version.clone(),
+            started_at: daemon.started_at.clone(),
+            heartbeat_at: daemon.heartbeat_at.clone(),
+            stopped_at: daemon.stopped_at.clone(),
+            clock_jump_at: daemon.clock_jump_at.clone(),
+            clock_jump_s: daemon.clock_jump_s,
+        });
+    let devices = snapshot
+        .devices
+        .iter()
+        .zip(&settings.devices)
+        .map(|(device, configured)| device_status(device, configured.model.name()))
+        .collect();
+    let sinks = snapshot
+        .sinks
+        .iter()
+        .map(|sink| {
+            let row = sink.row.as_ref();
+            let cursor = row.map_or(0, |row| row.delivered_seqno);
+            SinkStatus {
+                name: sink.name.clone(),
+                state: row.map_or(SinkState::Ok, |row| row.state),
+                // Events past a cursor are never deleted, so the seqnos count them.
+                pending: u64::try_from(snapshot.last_seqno - cursor).unwrap_or(0),
+                delivered: row.map_or(0, |row| row.delivered),
+                dead_letter: sink.dead_letters,
+                last_success_at: row.and_then(|row| row.last_success_at.clone()),
+                last_error: row.and_then(|row| row.last_error.clone()),
+            }
+        })
+        .collect();
+    let state = &snapshot.store_state;
+    let store_status = StoreStatus {
+        path: store.path().display().to_string(),
+        events: snapshot.event_count,
+        size_bytes: file_size(store.path()) + file_size(&store.path().with_extension("db-wal")),
+        max_size_bytes: settings.store.max_size_bytes,
+        free_disk_bytes: host.free_disk_bytes,
+        oldest_undelivered_at: oldest_undelivered(&snapshot).map(String::from),
+        over_cap_since: state.over_cap_since.clone(),
+        pruned_by_retention: state.pruned_by_retention,
+        pruned_by_size: state.pruned_by_size,
+        write_failures_since: state.write_failures_since.clone(),
+        last_write_error: state.last_write_error.clone(),
+        dropped_presses: state.dropped_presses,
+        recovered_at: state.recovered_at.clone(),
+        damaged_file: state.damaged_file.clone(),
+        salvaged_events: state.salvaged_events,
+    };
+    Ok(Status {
+        health: verdict.health,
+        problems: verdict.problems,
+        daemon,
+        devices,
+        store: store_status,
+        sinks,
+    })
 }
 
-fn read_in_transaction(
-    settings: &Settings,
-    store: &Store,
-    now: DateTime<Utc>,
-) -> anyhow::Result<Status> {
-    let connection = store.connection();
+/// The health rules (the module's doc lists them) over one snapshot, as
+/// of `now`. Pure: the store, the process table and the disk were read
+/// before.
+pub fn judge(snapshot: &Snapshot, host: &Host, settings: &Settings, now: DateTime<Utc>) -> Verdict {
     let mut problems: Vec<(Health, String)> = Vec::new();
 
-    let daemon = connection
-        .query_row(
-            "SELECT pid, version, started_at, heartbeat_at, stopped_at, clock_jump_at, clock_jump_s
-             FROM daemon WHERE singleton = 1",
-            [],
-            |row| {
-                Ok(DaemonStatus {
-                    running: false,
-                    pid: row.get(0)?,
-                    version: row.get(1)?,
-                    started_at: row.get(2)?,
-                    heartbeat_at: row.get(3)?,
-                    stopped_at: row.get(4)?,
-                    clock_jump_at: row.get(5)?,
-                    clock_jump_s: row.get(6)?,
-                })
-            },
-        )
-        .optional()?;
-    let daemon = match daemon {
+    let daemon_running = match &snapshot.daemon {
         None => {
             problems.push((
                 Health::Critical,
                 "the agent has never run with this store".into(),
             ));
-            DaemonStatus::default()
+            false
         }
-        Some(mut daemon) => {
+        Some(daemon) => {
             let heartbeat_age = daemon
                 .heartbeat_at
                 .as_deref()
@@ -242,18 +298,19 @@ fn read_in_transaction(
                 .map(|at| now - at);
             let stale_after = chrono::Duration::from_std(HEARTBEAT_INTERVAL * STALE_HEARTBEATS)
                 .unwrap_or(chrono::Duration::MAX);
-            let alive = daemon.pid.is_some_and(process_exists);
             if let Some(stopped_at) = &daemon.stopped_at {
                 problems.push((
                     Health::Critical,
                     format!("the agent is not running (stopped at {stopped_at})"),
                 ));
-            } else if !alive {
+                false
+            } else if !host.daemon_process_exists {
                 let since = daemon.heartbeat_at.as_deref().unwrap_or("an unknown time");
                 problems.push((
                     Health::Critical,
                     format!("the agent is not running (it died; last heartbeat {since})"),
                 ));
+                false
             } else if heartbeat_age.is_none_or(|age| age > stale_after) {
                 let seconds = heartbeat_age.map_or(-1, |age| age.num_seconds());
                 problems.push((
@@ -263,146 +320,73 @@ fn read_in_transaction(
                         daemon.pid.unwrap_or(0)
                     ),
                 ));
+                false
             } else {
-                daemon.running = true;
+                true
             }
-            daemon
         }
     };
 
-    let mut devices = Vec::with_capacity(settings.devices.len());
-    for device in &settings.devices {
-        let status = read_device(store, &device.name, device.model.name())?;
-        if daemon.running && status.state != "connected" {
-            let detail = status
-                .last_error
-                .as_deref()
+    // A stopped agent's devices and sinks keep their last state: only the
+    // devices of a running one are judged.
+    for device in snapshot.devices.iter().filter(|_| daemon_running) {
+        let (state, last_error) = link_of(device);
+        if state != LinkState::Connected {
+            let detail = last_error
                 .map(|error| format!(": {error}"))
                 .unwrap_or_default();
             problems.push((
                 Health::Warning,
-                format!("device {} is {}{detail}", status.name, status.state),
+                format!("device {} is {}{detail}", device.name, state.as_str()),
             ));
-        } else if let (true, Some(error)) = (daemon.running, &status.last_error) {
+        } else if let Some(error) = last_error {
             // Connected and read, but something is wrong with it (it does
             // not take what the agent writes).
-            problems.push((Health::Warning, format!("device {}: {error}", status.name)));
+            problems.push((Health::Warning, format!("device {}: {error}", device.name)));
         }
-        devices.push(status);
     }
 
-    let last_seqno = store.last_seqno()?;
-    let mut sinks = Vec::with_capacity(settings.sinks.len());
-    let mut oldest_undelivered: Option<String> = None;
-    for sink in &settings.sinks {
-        let row = connection
-            .query_row(
-                "SELECT delivered_seqno, delivered, state, last_success_at, last_error FROM sinks WHERE name = ?1",
-                [&sink.name],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, u64>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, Option<String>>(3)?,
-                        row.get::<_, Option<String>>(4)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let (cursor, delivered, state, last_success_at, last_error) =
-            row.unwrap_or((0, 0, "ok".into(), None, None));
-        // Events past a cursor are never deleted, so the seqnos count them.
-        let pending = u64::try_from(last_seqno - cursor).unwrap_or(0);
-        let dead_letter: u64 = connection.query_row(
-            "SELECT count(*) FROM dead_letters WHERE sink = ?1",
-            [&sink.name],
-            |row| row.get(0),
-        )?;
-        if pending > 0 {
-            let first_pending: Option<String> = connection
-                .query_row(
-                    "SELECT ts FROM events WHERE seqno > ?1 ORDER BY seqno LIMIT 1",
-                    params![cursor],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if let Some(ts) = first_pending {
-                if oldest_undelivered
-                    .as_ref()
-                    .is_none_or(|oldest| ts < *oldest)
-                {
-                    oldest_undelivered = Some(ts);
-                }
-            }
-        }
-        if state != "ok" {
-            let detail = last_error
-                .as_deref()
+    for sink in &snapshot.sinks {
+        let row = sink.row.as_ref();
+        let state = row.map_or(SinkState::Ok, |row| row.state);
+        if state != SinkState::Ok {
+            let detail = row
+                .and_then(|row| row.last_error.as_deref())
                 .map(|error| format!(": {error}"))
                 .unwrap_or_default();
             problems.push((
                 Health::Warning,
-                format!("sink {} is {state}{detail}", sink.name),
+                format!("sink {} is {}{detail}", sink.name, state.as_str()),
             ));
         }
-        if dead_letter > 0 {
+        if sink.dead_letters > 0 {
             problems.push((
                 Health::Warning,
                 format!(
-                    "sink {} has {dead_letter} dead letter{} (`epm-agent deadletter list`)",
+                    "sink {} has {} dead letter{} (`epm-agent deadletter list`)",
                     sink.name,
-                    if dead_letter == 1 { "" } else { "s" }
+                    sink.dead_letters,
+                    if sink.dead_letters == 1 { "" } else { "s" }
                 ),
             ));
         }
-        sinks.push(SinkStatus {
-            name: sink.name.clone(),
-            state,
-            pending,
-            delivered,
-            dead_letter,
-            last_success_at,
-            last_error,
-        });
     }
-    if let Some(oldest) = oldest_undelivered.as_deref() {
-        if let Some(age) = parse_time(oldest).map(|at| now - at) {
-            if age > chrono::Duration::minutes(UNDELIVERED_WARNING_MINUTES) {
-                problems.push((
-                    Health::Warning,
-                    format!(
-                        "the oldest undelivered press is {} minutes old",
-                        age.num_minutes()
-                    ),
-                ));
-            }
+    if let Some(age) = oldest_undelivered(snapshot)
+        .and_then(parse_time)
+        .map(|at| now - at)
+    {
+        if age > chrono::Duration::minutes(UNDELIVERED_WARNING_MINUTES) {
+            problems.push((
+                Health::Warning,
+                format!(
+                    "the oldest undelivered press is {} minutes old",
+                    age.num_minutes()
+                ),
+            ));
         }
     }
 
-    let state = connection
-        .query_row(
-            "SELECT pruned_retention, pruned_size, over_cap_since, write_failures_since, last_write_error,
-                    dropped_presses, recovered_at, damaged_file, salvaged_events
-             FROM store_state WHERE singleton = 1",
-            [],
-            |row| {
-                Ok(StoreState {
-                    pruned_by_retention: row.get(0)?,
-                    pruned_by_size: row.get(1)?,
-                    over_cap_since: row.get(2)?,
-                    write_failures_since: row.get(3)?,
-                    last_write_error: row.get(4)?,
-                    dropped_presses: row.get(5)?,
-                    recovered_at: row.get(6)?,
-                    damaged_file: row.get(7)?,
-                    salvaged_events: row.get(8)?,
-                })
-            },
-        )
-        .optional()?
-        .unwrap_or_default();
-    let over_cap_since = state.over_cap_since.clone();
+    let state = &snapshot.store_state;
     if let Some(since) = &state.write_failures_since {
         let error = state.last_write_error.as_deref().unwrap_or("unknown error");
         problems.push((
@@ -424,7 +408,11 @@ fn read_in_transaction(
             ));
         }
     }
-    if let (Some(at), Some(seconds)) = (&daemon.clock_jump_at, daemon.clock_jump_s) {
+    let clock_jump = snapshot
+        .daemon
+        .as_ref()
+        .and_then(|daemon| daemon.clock_jump_at.as_ref().zip(daemon.clock_jump_s));
+    if let Some((at, seconds)) = clock_jump {
         let recent = parse_time(at)
             .is_some_and(|at| (now - at).abs() < chrono::Duration::hours(CLOCK_WARNING_HOURS));
         if recent {
@@ -434,14 +422,16 @@ fn read_in_transaction(
             ));
         }
     }
-    if let Some(since) = &over_cap_since {
+    if let Some(since) = &state.over_cap_since {
         problems.push((
             Health::Warning,
             format!("undelivered events alone exceed max_size_mb (since {since}); nothing is deleted until sinks catch up"),
         ));
     }
-    let free_disk_bytes = free_disk_bytes(&settings.agent.data_dir);
-    if free_disk_bytes.is_some_and(|free| free < LOW_DISK_BYTES) {
+    if host
+        .free_disk_bytes
+        .is_some_and(|free| free < LOW_DISK_BYTES)
+    {
         problems.push((
             Health::Critical,
             format!(
@@ -450,102 +440,61 @@ fn read_in_transaction(
             ),
         ));
     }
-    let store_status = StoreStatus {
-        path: store.path().display().to_string(),
-        events: store.event_count()?,
-        size_bytes: file_size(store.path()) + file_size(&store.path().with_extension("db-wal")),
-        max_size_bytes: settings.store.max_size_bytes,
-        free_disk_bytes,
-        oldest_undelivered_at: oldest_undelivered,
-        over_cap_since,
-        pruned_by_retention: state.pruned_by_retention,
-        pruned_by_size: state.pruned_by_size,
-        write_failures_since: state.write_failures_since,
-        last_write_error: state.last_write_error,
-        dropped_presses: state.dropped_presses,
-        recovered_at: state.recovered_at,
-        damaged_file: state.damaged_file,
-        salvaged_events: state.salvaged_events,
-    };
 
+    // Stable: problems of one health keep the order they were found in.
     problems.sort_by_key(|(health, _)| std::cmp::Reverse(*health));
-    let health = problems.first().map_or(Health::Ok, |(health, _)| *health);
-    Ok(Status {
-        health,
+    Verdict {
+        health: problems.first().map_or(Health::Ok, |(health, _)| *health),
         problems: problems.into_iter().map(|(_, problem)| problem).collect(),
-        daemon,
-        devices,
-        store: store_status,
-        sinks,
-    })
+        daemon_running,
+    }
 }
 
-fn read_device(store: &Store, name: &str, model: &str) -> anyhow::Result<DeviceStatus> {
-    let connection = store.connection();
-    let device = connection
-        .query_row(
-            "SELECT model, port, state, state_since, hardware_id, firmware, last_frame_at, last_press_at,
-                    presses, duplicates, bad_frames, unknown_frames, reconnects, last_error,
-                    acks_dropped
-             FROM devices WHERE name = ?1",
-            [name],
-            |row| {
-                Ok(DeviceStatus {
-                    name: name.to_string(),
-                    model: row.get(0)?,
-                    port: row.get(1)?,
-                    state: row.get(2)?,
-                    state_since: row.get(3)?,
-                    hardware_id: row.get(4)?,
-                    firmware: row.get(5)?,
-                    last_frame_at: row.get(6)?,
-                    last_press_at: row.get(7)?,
-                    presses: row.get(8)?,
-                    duplicates: row.get(9)?,
-                    bad_frames: row.get(10)?,
-                    unknown_frames: row.get(11)?,
-                    reconnects: row.get(12)?,
-                    last_error: row.get(13)?,
-                    acks_dropped: row.get(14)?,
-                    units: Vec::new(),
-                })
-            },
-        )
-        .optional()?;
-    // A configured device the agent has not started yet.
-    let mut device = device.unwrap_or_else(|| DeviceStatus {
-        name: name.to_string(),
-        model: model.to_string(),
-        port: String::new(),
-        state: "disconnected".into(),
-        state_since: None,
-        hardware_id: None,
-        firmware: None,
-        last_frame_at: None,
-        last_press_at: None,
-        presses: 0,
-        duplicates: 0,
-        bad_frames: 0,
-        unknown_frames: 0,
-        reconnects: 0,
-        acks_dropped: 0,
-        last_error: Some("not started yet".into()),
-        units: Vec::new(),
-    });
-    let mut statement = connection.prepare_cached(
-        "SELECT unit, last_seen_at, battery, rssi, presses FROM units WHERE device = ?1 ORDER BY unit",
-    )?;
-    let units = statement.query_map([name], |row| {
-        Ok(UnitStatus {
-            unit: row.get(0)?,
-            last_seen_at: row.get(1)?,
-            battery: row.get(2)?,
-            rssi: row.get(3)?,
-            presses: row.get(4)?,
+/// A device's link state and last error; a device without a row has not
+/// opened its port yet.
+fn link_of(device: &DeviceSnapshot) -> (LinkState, Option<&str>) {
+    device
+        .row
+        .as_ref()
+        .map_or((LinkState::Disconnected, Some(NOT_STARTED)), |row| {
+            (row.state, row.last_error.as_deref())
         })
-    })?;
-    device.units = units.collect::<Result<_, _>>()?;
-    Ok(device)
+}
+
+/// The `ts` of the oldest event some sink has not delivered yet.
+fn oldest_undelivered(snapshot: &Snapshot) -> Option<&str> {
+    snapshot
+        .sinks
+        .iter()
+        .filter_map(|sink| sink.first_pending_ts.as_deref())
+        .min()
+}
+
+fn device_status(device: &DeviceSnapshot, configured_model: &str) -> DeviceStatus {
+    let (state, last_error) = link_of(device);
+    let row = device.row.as_ref();
+    let text = |field: fn(&crate::store::DeviceRow) -> &Option<String>| {
+        row.and_then(|row| field(row).clone())
+    };
+    DeviceStatus {
+        name: device.name.clone(),
+        model: row.map_or_else(|| configured_model.to_string(), |row| row.model.clone()),
+        port: row.map(|row| row.port.clone()).unwrap_or_default(),
+        state,
+        state_since: text(|row| &row.state_since),
+        hardware_id: text(|row| &row.hardware_id),
+        firmware: text(|row| &row.firmware),
+        last_frame_at: text(|row| &row.last_frame_at),
+        last_press_at: text(|row| &row.last_press_at),
+        presses: row.map_or(0, |row| row.presses),
+        duplicates: row.map_or(0, |row| row.duplicates),
+        bad_frames: row.map_or(0, |row| row.bad_frames),
+        unknown_frames: row.map_or(0, |row| row.unknown_frames),
+        reconnects: row.map_or(0, |row| row.reconnects),
+        acks_dropped: row.map_or(0, |row| row.acks_dropped),
+        last_error: last_error.map(String::from),
+        units: device.units.clone(),
+    }
 }
 
 fn write_text(
@@ -615,7 +564,7 @@ fn write_text(
                     format!("  {}", device.name),
                     device.model.clone(),
                     device.port.clone(),
-                    device.state.clone(),
+                    device.state.as_str().to_string(),
                     ago(&device.last_frame_at),
                     ago(&device.last_press_at),
                     device.presses.to_string(),
@@ -667,7 +616,7 @@ fn write_text(
             .map(|sink| {
                 vec![
                     format!("  {}", sink.name),
-                    sink.state.clone(),
+                    sink.state.as_str().to_string(),
                     sink.pending.to_string(),
                     sink.delivered.to_string(),
                     sink.dead_letter.to_string(),
@@ -766,6 +715,7 @@ fn free_disk_bytes(_path: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{DaemonRow, DeviceRow, SinkRow, SinkSnapshot, StoreStateRow};
 
     #[test]
     fn ages_read_like_a_person_says_them() {
@@ -777,6 +727,313 @@ mod tests {
         check("2026-11-20T12:00:00.000Z", "2 d ago");
         check("2026-11-22T12:00:05.000Z", "2026-11-22T12:00:05.000Z");
         check("garbage", "garbage");
+    }
+
+    const NOW: &str = "2026-11-22T12:00:00.000Z";
+
+    /// A running agent with one connected device and one caught-up sink.
+    fn healthy() -> (Snapshot, Host) {
+        let snapshot = Snapshot {
+            daemon: Some(DaemonRow {
+                pid: Some(4242),
+                version: Some("1.0.0".into()),
+                started_at: Some("2026-11-22T08:00:00.000Z".into()),
+                heartbeat_at: Some("2026-11-22T11:59:58.000Z".into()),
+                ..DaemonRow::default()
+            }),
+            devices: vec![DeviceSnapshot {
+                name: "entrance".into(),
+                row: Some(DeviceRow {
+                    name: "entrance".into(),
+                    model: "prolan-501".into(),
+                    port: "/dev/ttyACM0".into(),
+                    state: LinkState::Connected,
+                    state_since: None,
+                    hardware_id: None,
+                    firmware: None,
+                    last_frame_at: None,
+                    last_press_at: None,
+                    presses: 0,
+                    duplicates: 0,
+                    bad_frames: 0,
+                    unknown_frames: 0,
+                    reconnects: 0,
+                    last_error: None,
+                    acks_dropped: 0,
+                }),
+                units: Vec::new(),
+            }],
+            sinks: vec![SinkSnapshot {
+                name: "backend".into(),
+                row: Some(SinkRow {
+                    name: "backend".into(),
+                    delivered_seqno: 10,
+                    delivered: 10,
+                    state: SinkState::Ok,
+                    last_success_at: None,
+                    last_error: None,
+                    in_flight: false,
+                }),
+                dead_letters: 0,
+                first_pending_ts: None,
+            }],
+            last_seqno: 10,
+            event_count: 10,
+            store_state: StoreStateRow::default(),
+        };
+        let host = Host {
+            daemon_process_exists: true,
+            free_disk_bytes: Some(10 * LOW_DISK_BYTES),
+        };
+        (snapshot, host)
+    }
+
+    fn daemon(snapshot: &mut Snapshot) -> &mut DaemonRow {
+        snapshot
+            .daemon
+            .as_mut()
+            .expect("the healthy snapshot has a daemon")
+    }
+
+    fn device(snapshot: &mut Snapshot) -> &mut DeviceRow {
+        snapshot.devices[0]
+            .row
+            .as_mut()
+            .expect("the healthy snapshot has a device row")
+    }
+
+    fn sink(snapshot: &mut Snapshot) -> &mut SinkRow {
+        snapshot.sinks[0]
+            .row
+            .as_mut()
+            .expect("the healthy snapshot has a sink row")
+    }
+
+    type Change = fn(&mut Snapshot, &mut Host);
+
+    fn check(name: &str, change: Change, expected: Health, expected_problems: &[&str]) {
+        let settings = crate::config::parse(
+            "[agent]\nid = \"t\"\ndata_dir = \"/srv/epm\"\n",
+            Path::new("t.toml"),
+        )
+        .expect("a valid configuration");
+        let (mut snapshot, mut host) = healthy();
+        change(&mut snapshot, &mut host);
+        let verdict = judge(&snapshot, &host, &settings, parse_time(NOW).expect("time"));
+        assert_eq!(
+            (verdict.health, verdict.problems),
+            (
+                expected,
+                expected_problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+            ),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn the_health_rules_as_a_table() {
+        let cases: &[(&str, Change, Health, &[&str])] = &[
+            ("healthy", |_, _| {}, Health::Ok, &[]),
+            (
+                "never ran",
+                |snapshot, _| snapshot.daemon = None,
+                Health::Critical,
+                &["the agent has never run with this store"],
+            ),
+            (
+                "stopped, devices not judged",
+                |snapshot, _| {
+                    daemon(snapshot).stopped_at = Some("2026-11-22T11:00:00.000Z".into());
+                    device(snapshot).state = LinkState::Disconnected;
+                },
+                Health::Critical,
+                &["the agent is not running (stopped at 2026-11-22T11:00:00.000Z)"],
+            ),
+            (
+                "process gone",
+                |_, host| host.daemon_process_exists = false,
+                Health::Critical,
+                &["the agent is not running (it died; last heartbeat 2026-11-22T11:59:58.000Z)"],
+            ),
+            (
+                "heartbeat 16 s old is stale (3 × 5 s)",
+                |snapshot, _| {
+                    daemon(snapshot).heartbeat_at = Some("2026-11-22T11:59:44.000Z".into())
+                },
+                Health::Critical,
+                &["the agent (pid 4242) has not written its heartbeat for 16 s: it is stuck or cannot write its store"],
+            ),
+            (
+                "heartbeat 15 s old is fresh",
+                |snapshot, _| {
+                    daemon(snapshot).heartbeat_at = Some("2026-11-22T11:59:45.000Z".into())
+                },
+                Health::Ok,
+                &[],
+            ),
+            (
+                "device silent",
+                |snapshot, _| device(snapshot).state = LinkState::Silent,
+                Health::Warning,
+                &["device entrance is silent"],
+            ),
+            (
+                "device disconnected, with its error",
+                |snapshot, _| {
+                    device(snapshot).state = LinkState::Disconnected;
+                    device(snapshot).last_error = Some("port vanished".into());
+                },
+                Health::Warning,
+                &["device entrance is disconnected: port vanished"],
+            ),
+            (
+                "device not started yet",
+                |snapshot, _| snapshot.devices[0].row = None,
+                Health::Warning,
+                &["device entrance is disconnected: not started yet"],
+            ),
+            (
+                "device connected but deaf",
+                |snapshot, _| device(snapshot).last_error = Some("ACKs not taken".into()),
+                Health::Warning,
+                &["device entrance: ACKs not taken"],
+            ),
+            (
+                "sink retrying, with its error",
+                |snapshot, _| {
+                    sink(snapshot).state = SinkState::Retrying;
+                    sink(snapshot).last_error = Some("HTTP 503".into());
+                },
+                Health::Warning,
+                &["sink backend is retrying: HTTP 503"],
+            ),
+            (
+                "sink paused, no error",
+                |snapshot, _| sink(snapshot).state = SinkState::Paused,
+                Health::Warning,
+                &["sink backend is paused"],
+            ),
+            (
+                "sink not started yet",
+                |snapshot, _| snapshot.sinks[0].row = None,
+                Health::Ok,
+                &[],
+            ),
+            (
+                "one dead letter",
+                |snapshot, _| snapshot.sinks[0].dead_letters = 1,
+                Health::Warning,
+                &["sink backend has 1 dead letter (`epm-agent deadletter list`)"],
+            ),
+            (
+                "two dead letters",
+                |snapshot, _| snapshot.sinks[0].dead_letters = 2,
+                Health::Warning,
+                &["sink backend has 2 dead letters (`epm-agent deadletter list`)"],
+            ),
+            (
+                "undelivered for 16 minutes",
+                |snapshot, _| {
+                    snapshot.sinks[0].first_pending_ts = Some("2026-11-22T11:44:00.000Z".into())
+                },
+                Health::Warning,
+                &["the oldest undelivered press is 16 minutes old"],
+            ),
+            (
+                "undelivered for 15 minutes",
+                |snapshot, _| {
+                    snapshot.sinks[0].first_pending_ts = Some("2026-11-22T11:45:00.000Z".into())
+                },
+                Health::Ok,
+                &[],
+            ),
+            (
+                "the store cannot be written",
+                |snapshot, _| {
+                    snapshot.store_state.write_failures_since =
+                        Some("2026-11-22T11:30:00.000Z".into());
+                    snapshot.store_state.last_write_error = Some("disk full".into());
+                },
+                Health::Critical,
+                &["the store cannot be written since 2026-11-22T11:30:00.000Z (disk full); presses are held in memory until it can"],
+            ),
+            (
+                "recovered 6 days ago",
+                |snapshot, _| {
+                    snapshot.store_state.recovered_at = Some("2026-11-16T12:00:00.000Z".into());
+                    snapshot.store_state.damaged_file = Some("/srv/epm/epm-agent.db.damaged".into());
+                    snapshot.store_state.salvaged_events = 12;
+                },
+                Health::Warning,
+                &["the store was damaged and replaced at 2026-11-16T12:00:00.000Z: 12 events read back, the damaged file is kept at /srv/epm/epm-agent.db.damaged"],
+            ),
+            (
+                "recovered 8 days ago",
+                |snapshot, _| {
+                    snapshot.store_state.recovered_at = Some("2026-11-14T12:00:00.000Z".into())
+                },
+                Health::Ok,
+                &[],
+            ),
+            (
+                "clock jumped an hour ago",
+                |snapshot, _| {
+                    daemon(snapshot).clock_jump_at = Some("2026-11-22T11:00:00.000Z".into());
+                    daemon(snapshot).clock_jump_s = Some(-90);
+                },
+                Health::Warning,
+                &["the system clock jumped by -90 s at 2026-11-22T11:00:00.000Z (event times around then may be off)"],
+            ),
+            (
+                "clock jumped 25 hours ago",
+                |snapshot, _| {
+                    daemon(snapshot).clock_jump_at = Some("2026-11-21T11:00:00.000Z".into());
+                    daemon(snapshot).clock_jump_s = Some(90);
+                },
+                Health::Ok,
+                &[],
+            ),
+            (
+                "over the size cap",
+                |snapshot, _| {
+                    snapshot.store_state.over_cap_since = Some("2026-11-22T10:00:00.000Z".into())
+                },
+                Health::Warning,
+                &["undelivered events alone exceed max_size_mb (since 2026-11-22T10:00:00.000Z); nothing is deleted until sinks catch up"],
+            ),
+            (
+                "disk almost full",
+                |_, host| host.free_disk_bytes = Some(LOW_DISK_BYTES - 1),
+                Health::Critical,
+                &["the disk under /srv/epm is almost full"],
+            ),
+            (
+                "free disk unknown",
+                |_, host| host.free_disk_bytes = None,
+                Health::Ok,
+                &[],
+            ),
+            (
+                "critical first, then warnings in the order found",
+                |snapshot, host| {
+                    sink(snapshot).state = SinkState::Paused;
+                    device(snapshot).state = LinkState::Silent;
+                    host.free_disk_bytes = Some(0);
+                },
+                Health::Critical,
+                &[
+                    "the disk under /srv/epm is almost full",
+                    "device entrance is silent",
+                    "sink backend is paused",
+                ],
+            ),
+        ];
+        for (name, change, expected, expected_problems) in cases {
+            check(name, *change, *expected, expected_problems);
+        }
     }
 
     #[test]

@@ -127,9 +127,8 @@ fn wait_for_store(data_dir: &Path, time_is_up: &dyn Fn() -> bool) -> anyhow::Res
         match std::fs::metadata(&path) {
             Ok(_) => {
                 let store = Store::open_reader(data_dir)?;
-                let version: i64 = store
-                    .connection()
-                    .pragma_query_value(None, "user_version", |row| row.get(0))
+                let version = store
+                    .schema_version()
                     .with_context(|| format!("cannot read {}", path.display()))?;
                 if version >= 1 {
                     return Ok(Some(store));
@@ -161,14 +160,7 @@ fn wait_for_store(data_dir: &Path, time_is_up: &dyn Fn() -> bool) -> anyhow::Res
 
 /// The seqno after which the last `lines` events begin.
 fn start_cursor(store: &Store, lines: usize) -> anyhow::Result<i64> {
-    // Seqnos have gaps where retention deleted events, so count rows
-    // rather than subtract from the newest seqno.
-    let first_shown: Option<i64> = store.connection().query_row(
-        "SELECT min(seqno) FROM (SELECT seqno FROM events ORDER BY seqno DESC LIMIT ?1)",
-        [i64::try_from(lines).unwrap_or(i64::MAX)],
-        |row| row.get(0),
-    )?;
-    match first_shown {
+    match store.first_of_newest(lines)? {
         Some(seqno) => Ok(seqno - 1),
         // No events, or -n 0: only what comes next.
         None => Ok(store.last_seqno()?),

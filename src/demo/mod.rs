@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use rusqlite::OptionalExtension;
 use tokio::sync::watch;
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
@@ -524,41 +523,17 @@ fn print_summary(painter: &Painter, store: &StoreSummary, backend: &Snapshot) {
 
 fn store_summary(data_dir: &Path) -> Result<StoreSummary, StoreError> {
     let store = Store::open_reader(data_dir)?;
-    let connection = store.connection();
     let mut tally = Tally::default();
-    let mut statement = connection.prepare(
-        "SELECT answer, suppressed, count(*) FROM events WHERE type = 'press' GROUP BY answer, suppressed",
-    )?;
-    let rows = statement.query_map([], |row| {
-        Ok((
-            row.get::<_, Option<String>>(0)?,
-            row.get::<_, bool>(1)?,
-            row.get::<_, u64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (answer, suppressed, presses) = row?;
-        tally.add(answer.as_deref(), suppressed, presses);
+    for count in store.presses_by_answer()? {
+        tally.add(count.answer.as_deref(), count.suppressed, count.presses);
     }
-    let mut statement = connection.prepare(
-        "SELECT device, count(*) FROM events WHERE type = 'press' GROUP BY device ORDER BY device",
-    )?;
-    let per_device = statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let delivered = connection
-        .query_row(
-            "SELECT delivered FROM sinks WHERE name = ?1",
-            [SINK_NAME],
-            |row| row.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
-    let duplicates = connection.query_row(
-        "SELECT coalesce(sum(duplicates), 0) FROM devices",
-        [],
-        |row| row.get(0),
-    )?;
+    let per_device = store.presses_per_device()?;
+    let delivered = store.sink(SINK_NAME)?.map_or(0, |sink| sink.delivered);
+    let duplicates = store
+        .devices()?
+        .iter()
+        .map(|device| device.duplicates)
+        .sum();
     Ok(StoreSummary {
         stored: store.event_count()?,
         per_device,

@@ -12,14 +12,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rusqlite::OptionalExtension;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::Notice;
 use super::{format_iel, Tally, SINK_NAME};
 use crate::event::PressFields;
-use crate::store::{Store, StoreError, StoredEvent};
+use crate::store::{DeviceRow, LinkState, SinkRow, Store, StoreError, StoredEvent};
 
 /// How far the agent has come, as of the view's latest look at the store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,7 +134,7 @@ struct View {
     /// The presses seen so far (the store starts empty).
     tally: Tally,
     /// Per device: (state, hardware id) as last shown.
-    device_states: HashMap<String, (String, Option<String>)>,
+    device_states: HashMap<String, (LinkState, Option<String>)>,
     /// The last read failure shown, so a lasting one is shown once.
     last_error: Option<String>,
 }
@@ -146,24 +145,9 @@ struct Reading {
     events: Vec<StoredEvent>,
     /// The newest event stored.
     newest_seqno: i64,
-    sink: SinkRow,
+    /// `None` until the sink has started.
+    sink: Option<SinkRow>,
     devices: Vec<DeviceRow>,
-}
-
-#[derive(Default)]
-struct SinkRow {
-    delivered_seqno: i64,
-    delivered: u64,
-    in_flight: bool,
-}
-
-struct DeviceRow {
-    name: String,
-    model: String,
-    port: String,
-    state: String,
-    hardware_id: Option<String>,
-    firmware: Option<String>,
 }
 
 impl View {
@@ -202,8 +186,10 @@ impl View {
         self.last_error = None;
         self.progress.looks += 1;
         self.progress.stored_seqno = reading.newest_seqno;
-        self.progress.delivered_seqno = reading.sink.delivered_seqno;
-        self.progress.in_flight = reading.sink.in_flight;
+        let sink = reading.sink.as_ref();
+        self.progress.delivered_seqno = sink.map_or(0, |sink| sink.delivered_seqno);
+        self.progress.in_flight = sink.is_some_and(|sink| sink.in_flight);
+        let delivered = sink.map_or(0, |sink| sink.delivered);
         for device in &reading.devices {
             if let Some(line) = self.device_line(device) {
                 println!("{line}");
@@ -215,13 +201,13 @@ impl View {
                 continue;
             };
             self.tally.count(press.answer.as_deref(), press.suppressed);
-            println!("{}", self.press_line(stored, press, reading.sink.delivered));
+            println!("{}", self.press_line(stored, press, delivered));
         }
     }
 
     /// A line when a device's state or identity changed since last shown.
     fn device_line(&mut self, device: &DeviceRow) -> Option<String> {
-        let shown = (device.state.clone(), device.hardware_id.clone());
+        let shown = (device.state, device.hardware_id.clone());
         if self.device_states.get(&device.name) == Some(&shown) {
             return None;
         }
@@ -237,11 +223,12 @@ impl View {
             .as_deref()
             .map(|firmware| format!(", firmware {firmware}"))
             .unwrap_or_default();
-        let state = match device.state.as_str() {
-            "connected" => self.painter.paint("connected", Style::Green),
-            "silent" => self.painter.paint("silent", Style::Yellow),
-            other => self.painter.paint(other, Style::Red),
+        let style = match device.state {
+            LinkState::Connected => Style::Green,
+            LinkState::Silent => Style::Yellow,
+            LinkState::Disconnected => Style::Red,
         };
+        let state = self.painter.paint(device.state.as_str(), style);
         Some(format!(
             "{}  {:<9} {state} on {}: {what}{firmware}",
             clock_now(),
@@ -334,40 +321,11 @@ impl View {
 /// One consistent look: a read transaction sees the store as of one
 /// commit, so the sink's progress and the newest event belong together.
 fn read(store: &Store, after_seqno: i64) -> Result<Reading, StoreError> {
-    let connection = store.connection();
-    let snapshot = connection.unchecked_transaction()?;
+    let snapshot = store.connection().unchecked_transaction()?;
     let events = store.events_after(after_seqno, EVENTS_PER_READ)?;
     let newest_seqno = store.last_seqno()?;
-    let sink = connection
-        .query_row(
-            "SELECT delivered_seqno, delivered, batch_id IS NOT NULL FROM sinks WHERE name = ?1",
-            [SINK_NAME],
-            |row| {
-                Ok(SinkRow {
-                    delivered_seqno: row.get(0)?,
-                    delivered: row.get(1)?,
-                    in_flight: row.get(2)?,
-                })
-            },
-        )
-        .optional()?
-        .unwrap_or_default();
-    let mut statement = connection.prepare_cached(
-        "SELECT name, model, port, state, hardware_id, firmware FROM devices ORDER BY name",
-    )?;
-    let devices = statement
-        .query_map([], |row| {
-            Ok(DeviceRow {
-                name: row.get(0)?,
-                model: row.get(1)?,
-                port: row.get(2)?,
-                state: row.get(3)?,
-                hardware_id: row.get(4)?,
-                firmware: row.get(5)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    drop(statement);
+    let sink = store.sink(SINK_NAME)?;
+    let devices = store.devices()?;
     snapshot.finish()?;
     Ok(Reading {
         events,

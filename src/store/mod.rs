@@ -7,26 +7,34 @@
 //! any number of readers ([`Store::open_reader`]) may read meanwhile (WAL
 //! readers never block the writer).
 
+pub mod agent_state;
 pub mod blocking;
+pub mod devices;
+pub mod events;
 pub mod lock;
+pub mod press_counts;
 pub mod recovery;
 pub mod retention;
+pub mod sinks;
+pub mod snapshot;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use rusqlite::config::DbConfig;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 
-use crate::event::{Event, EventBody, PressFields, StatusDetail, AGENT_STATUS};
-use crate::protocol::UnitId;
-
-pub use writer::{
-    Committed, DeviceReport, LinkState, SinkState, SinkUpdate, StoreHandle, UnitReport,
-    WriterOptions,
+pub use agent_state::{DaemonRow, StoreStateRow};
+pub use devices::{
+    DeviceCounters, DeviceReport, DeviceRow, LinkCounters, LinkState, UnitReport, UnitRow,
 };
+pub use events::{AnswerCount, EventSpan, RecentPress, StoredEvent};
+pub use press_counts::{Bucket, Counts};
+pub use retention::Prune;
+pub use sinks::{DeadLetter, InFlightBatch, SinkCursor, SinkRow, SinkState, SinkUpdate};
+pub use snapshot::{DeviceSnapshot, SinkSnapshot, Snapshot};
+pub use writer::{Committed, StoreHandle, WriterOptions};
 
 /// The store's file name inside `data_dir`.
 pub const DATABASE_FILE: &str = "epm-agent.db";
@@ -182,160 +190,6 @@ pub struct Store {
     path: PathBuf,
 }
 
-/// A device's counters as last saved, so a restart continues them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DeviceCounters {
-    /// Counted by the writer, in the transaction that stores the presses.
-    pub presses: u64,
-    /// Counted by the driver, saved with its [`DeviceReport`].
-    pub link: LinkCounters,
-}
-
-/// What a driver counts about its link besides presses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LinkCounters {
-    pub duplicates: u64,
-    pub bad_frames: u64,
-    pub unknown_frames: u64,
-    pub noise_bytes: u64,
-    pub faults: u64,
-    pub reconnects: u64,
-    /// ACKs dropped because the device did not take them in time.
-    pub acks_dropped: u64,
-}
-
-/// An event a sink's backend rejected on its own.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct DeadLetter {
-    pub sink: String,
-    pub seqno: i64,
-    pub event_id: String,
-    /// The HTTP status of the rejection, when there was one.
-    pub status: Option<u16>,
-    pub reason: String,
-    pub at: String,
-    /// `deadletter retry` asked for it to be sent again.
-    pub retry_requested: bool,
-}
-
-/// An event with its place in the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredEvent {
-    pub seqno: i64,
-    pub event: Event,
-}
-
-/// A sink's position over the events.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SinkCursor {
-    /// Every event up to this seqno is delivered or dead-lettered.
-    pub delivered_seqno: i64,
-    pub in_flight: Option<InFlightBatch>,
-}
-
-/// A batch that was being sent: resent as it is, with the same id.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InFlightBatch {
-    pub batch_id: String,
-    pub first_seqno: i64,
-    pub last_seqno: i64,
-}
-
-const EVENT_COLUMNS: &str = "seqno, id, type, ts, tz_offset_min, device, model, unit, key, answer, question, seq, rssi, battery, suppressed, status";
-/// How many columns [`EVENT_COLUMNS`] names: a query may select more after them.
-const EVENT_COLUMN_COUNT: usize = 16;
-
-fn stored_event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
-    let event_type: String = row.get(2)?;
-    let body = if event_type == AGENT_STATUS {
-        let json: String = row.get(15)?;
-        let detail = StatusDetail::from_json(json).map_err(|error| {
-            rusqlite::Error::FromSqlConversionFailure(
-                15,
-                rusqlite::types::Type::Text,
-                Box::new(error),
-            )
-        })?;
-        EventBody::Status(detail)
-    } else {
-        EventBody::Press(PressFields {
-            device: row.get(5)?,
-            model: row.get(6)?,
-            unit: row.get(7)?,
-            key: row.get(8)?,
-            answer: row.get(9)?,
-            question: row.get(10)?,
-            seq: row.get(11)?,
-            rssi: row.get(12)?,
-            battery: row.get(13)?,
-            suppressed: row.get(14)?,
-        })
-    };
-    Ok(StoredEvent {
-        seqno: row.get(0)?,
-        event: Event {
-            id: row.get(1)?,
-            ts: row.get(3)?,
-            tz_offset_min: row.get(4)?,
-            body,
-        },
-    })
-}
-
-/// Writes `event` as a new row (ignored when its id is stored already);
-/// returns how many rows it added. The writer's press path has its own
-/// statement, straight from a `NewPress`.
-fn insert_event(connection: &Connection, event: &Event, ts_ms: i64) -> rusqlite::Result<usize> {
-    let mut statement = connection.prepare_cached(
-        "INSERT INTO events (id, type, ts, ts_ms, tz_offset_min, device, model, unit, key,
-                             answer, question, seq, rssi, battery, suppressed, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-         ON CONFLICT (id) DO NOTHING",
-    )?;
-    let no_press = PressFields {
-        device: String::new(),
-        model: String::new(),
-        unit: String::new(),
-        key: 0,
-        answer: None,
-        question: None,
-        seq: 0,
-        rssi: None,
-        battery: None,
-        suppressed: false,
-    };
-    let (press, status) = match &event.body {
-        EventBody::Press(press) => (press, None),
-        EventBody::Status(detail) => (&no_press, Some(detail.json())),
-    };
-    statement.execute(params![
-        event.id,
-        event.event_type(),
-        event.ts,
-        ts_ms,
-        event.tz_offset_min,
-        press.device,
-        press.model,
-        press.unit,
-        press.key,
-        press.answer,
-        press.question,
-        press.seq,
-        press.rssi,
-        press.battery,
-        press.suppressed,
-        status,
-    ])
-}
-
-/// A press as the duplicate filter needs it after a restart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RecentPress {
-    pub unit: UnitId,
-    pub seq: u16,
-    pub ts: DateTime<Utc>,
-}
-
 impl Store {
     /// Opens (creating if needed) the store in `data_dir` for writing,
     /// checks it, and brings its schema up to date. A damaged store is moved
@@ -448,78 +302,12 @@ impl Store {
         Ok(())
     }
 
-    /// How many events the store holds.
-    pub fn event_count(&self) -> Result<u64, StoreError> {
+    /// How many migrations the store has had (0: its tables are not
+    /// created yet).
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
         Ok(self
             .connection
-            .query_row("SELECT count(*) FROM events", [], |row| row.get(0))?)
-    }
-
-    /// The seqno of the newest event (0 for an empty store).
-    pub fn last_seqno(&self) -> Result<i64, StoreError> {
-        Ok(self
-            .connection
-            .query_row("SELECT coalesce(max(seqno), 0) FROM events", [], |row| {
-                row.get(0)
-            })?)
-    }
-
-    /// Up to `limit` events after `after_seqno`, in store order.
-    pub fn events_after(
-        &self,
-        after_seqno: i64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut statement = self.connection.prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE seqno > ?1 ORDER BY seqno LIMIT ?2"
-        ))?;
-        let rows =
-            statement.query_map(params![after_seqno, limit as i64], stored_event_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The events with seqno from `first` to `last`, in store order.
-    pub fn events_between(&self, first: i64, last: i64) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut statement = self.connection.prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE seqno BETWEEN ?1 AND ?2 ORDER BY seqno"
-        ))?;
-        let rows = statement.query_map(params![first, last], stored_event_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Where `sink` stands: its cursor and the batch it has in flight.
-    pub fn sink_cursor(&self, sink: &str) -> Result<SinkCursor, StoreError> {
-        let cursor = self
-            .connection
-            .query_row(
-                "SELECT delivered_seqno, batch_id, batch_first, batch_last FROM sinks WHERE name = ?1",
-                [sink],
-                |row| {
-                    let in_flight = match (row.get(1)?, row.get(2)?, row.get(3)?) {
-                        (Some(batch_id), Some(first_seqno), Some(last_seqno)) => Some(InFlightBatch {
-                            batch_id,
-                            first_seqno,
-                            last_seqno,
-                        }),
-                        _ => None,
-                    };
-                    Ok(SinkCursor {
-                        delivered_seqno: row.get(0)?,
-                        in_flight,
-                    })
-                },
-            )
-            .optional()?;
-        Ok(cursor.unwrap_or_default())
-    }
-
-    /// The dead letters of `sink` that a user asked to send again.
-    pub fn dead_letters_to_retry(&self, sink: &str) -> Result<Vec<i64>, StoreError> {
-        let mut statement = self.connection.prepare_cached(
-            "SELECT seqno FROM dead_letters WHERE sink = ?1 AND retry = 1 ORDER BY seqno",
-        )?;
-        let rows = statement.query_map([sink], |row| row.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .pragma_query_value(None, "user_version", |row| row.get(0))?)
     }
 
     /// Bytes of the database file in use (free pages not counted).
@@ -534,150 +322,6 @@ impl Store {
             .connection
             .pragma_query_value(None, "page_size", |row| row.get(0))?;
         Ok(u64::try_from((pages - free).max(0) * page_size).unwrap_or(0))
-    }
-
-    /// The lowest cursor among `sinks` (0 for a sink that delivered
-    /// nothing yet): every event up to it is delivered everywhere. With no
-    /// sinks, every event is.
-    pub fn delivered_everywhere(&self, sinks: &[String]) -> Result<i64, StoreError> {
-        if sinks.is_empty() {
-            return self.last_seqno();
-        }
-        let mut lowest = i64::MAX;
-        for sink in sinks {
-            lowest = lowest.min(self.sink_cursor(sink)?.delivered_seqno);
-        }
-        Ok(lowest)
-    }
-
-    /// Dead letters, oldest first, of one sink or of all.
-    pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut statement = self.connection.prepare_cached(
-            "SELECT sink, seqno, event_id, status, reason, at, retry FROM dead_letters
-             WHERE ?1 IS NULL OR sink = ?1 ORDER BY sink, seqno",
-        )?;
-        let rows = statement.query_map([sink], |row| {
-            Ok(DeadLetter {
-                sink: row.get(0)?,
-                seqno: row.get(1)?,
-                event_id: row.get(2)?,
-                status: row.get(3)?,
-                reason: row.get(4)?,
-                at: row.get(5)?,
-                retry_requested: row.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Asks the agent to send the dead letters of one sink (or all) again;
-    /// returns how many were marked. The running agent picks them up within
-    /// a flush interval, a stopped one at its next start.
-    pub fn request_dead_letter_retry(&self, sink: Option<&str>) -> Result<usize, StoreError> {
-        Ok(self.connection.execute(
-            "UPDATE dead_letters SET retry = 1 WHERE (?1 IS NULL OR sink = ?1) AND retry = 0",
-            [sink],
-        )?)
-    }
-
-    /// The greatest event id so far, so new ids keep sorting after it even
-    /// when the clock went back while the agent was stopped.
-    pub fn last_event_id(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .connection
-            .query_row("SELECT max(id) FROM events", [], |row| row.get(0))?)
-    }
-
-    /// The presses of `device` stored since `since`, oldest first: what the
-    /// duplicate filter must remember after a restart.
-    pub fn recent_presses(
-        &self,
-        device: &str,
-        since: DateTime<Utc>,
-    ) -> Result<Vec<RecentPress>, StoreError> {
-        let mut statement = self.connection.prepare_cached(
-            "SELECT unit, seq, ts_ms FROM events
-             WHERE ts_ms >= ?1 AND device = ?2 AND type = 'press' ORDER BY seqno",
-        )?;
-        let rows = statement.query_map(params![since.timestamp_millis(), device], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
-        })?;
-        let mut presses = Vec::new();
-        for row in rows {
-            let (unit, seq, ts_ms) = row?;
-            // Rows are written by this agent; skip any that do not parse
-            // rather than refuse to start.
-            let (Ok(unit), Ok(seq), Some(ts)) = (
-                unit.parse::<UnitId>(),
-                u16::try_from(seq),
-                DateTime::<Utc>::from_timestamp_millis(ts_ms),
-            ) else {
-                continue;
-            };
-            presses.push(RecentPress { unit, seq, ts });
-        }
-        Ok(presses)
-    }
-
-    /// The sinks among `sinks` that are delivering (state `ok`) and have
-    /// not delivered through `seqno` yet.
-    pub fn sinks_behind(&self, sinks: &[String], seqno: i64) -> Result<Vec<String>, StoreError> {
-        let mut statement = self
-            .connection
-            .prepare_cached("SELECT delivered_seqno, state FROM sinks WHERE name = ?1")?;
-        let mut behind = Vec::new();
-        for sink in sinks {
-            let (delivered, state): (i64, String) = statement
-                .query_row([sink], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?
-                .unwrap_or((0, "ok".to_string()));
-            if state == "ok" && delivered < seqno {
-                behind.push(sink.clone());
-            }
-        }
-        Ok(behind)
-    }
-
-    /// Every device's last saved link state (`connected`, `silent`,
-    /// `disconnected`), by name.
-    pub fn device_states(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
-        let mut statement = self
-            .connection
-            .prepare_cached("SELECT name, state FROM devices")?;
-        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The counters saved for `device`, zero for a device never seen.
-    pub fn device_counters(&self, device: &str) -> Result<DeviceCounters, StoreError> {
-        let counters = self
-            .connection
-            .query_row(
-                "SELECT presses, duplicates, bad_frames, unknown_frames, noise_bytes, faults, reconnects,
-                        acks_dropped
-                 FROM devices WHERE name = ?1",
-                [device],
-                |row| {
-                    Ok(DeviceCounters {
-                        presses: row.get(0)?,
-                        link: LinkCounters {
-                            duplicates: row.get(1)?,
-                            bad_frames: row.get(2)?,
-                            unknown_frames: row.get(3)?,
-                            noise_bytes: row.get(4)?,
-                            faults: row.get(5)?,
-                            reconnects: row.get(6)?,
-                            acks_dropped: row.get(7)?,
-                        },
-                    })
-                },
-            )
-            .optional()?;
-        Ok(counters.unwrap_or_default())
     }
 }
 
@@ -713,4 +357,180 @@ fn restrict_file_permissions(path: &Path) {
     }
     #[cfg(not(unix))]
     let _ = path;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// The words that start an SQL statement this agent writes.
+    const SQL_KEYWORDS: [&str; 5] = ["SELECT", "INSERT", "UPDATE", "DELETE", "CREATE"];
+
+    /// Every `.rs` file under `folder`, in a stable order.
+    fn rust_files(folder: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let mut folders = vec![folder.to_path_buf()];
+        while let Some(folder) = folders.pop() {
+            let entries = std::fs::read_dir(&folder).expect("a readable source folder");
+            for entry in entries {
+                let path = entry.expect("a readable folder entry").path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else if path.extension().is_some_and(|extension| extension == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+
+    /// The string literals of Rust source (plain, raw and byte strings),
+    /// with the line each starts on; comments, doc comments and char
+    /// literals are skipped.
+    fn string_literals(source: &str) -> Vec<(usize, String)> {
+        let chars: Vec<char> = source.chars().collect();
+        let mut literals = Vec::new();
+        let mut line = 1;
+        let mut at = 0;
+        while at < chars.len() {
+            let here = chars[at];
+            let next = chars.get(at + 1).copied();
+            if here == '\n' {
+                line += 1;
+                at += 1;
+            } else if here == '/' && next == Some('/') {
+                while at < chars.len() && chars[at] != '\n' {
+                    at += 1;
+                }
+            } else if here == '/' && next == Some('*') {
+                at += 2;
+                while at < chars.len() && !(chars[at] == '*' && chars.get(at + 1) == Some(&'/')) {
+                    line += usize::from(chars[at] == '\n');
+                    at += 1;
+                }
+                at += 2;
+            } else if here == '\'' {
+                // A char literal ('x', '\n', '"'), or else a lifetime.
+                if next == Some('\\') {
+                    at += 2;
+                    while at < chars.len() && chars[at] != '\'' {
+                        at += 1;
+                    }
+                    at += 1;
+                } else if chars.get(at + 2) == Some(&'\'') {
+                    at += 3;
+                } else {
+                    at += 1;
+                }
+            } else if here == 'r' && matches!(next, Some('"' | '#')) && !is_identifier(&chars, at) {
+                let hashes = chars[at + 1..].iter().take_while(|c| **c == '#').count();
+                if chars.get(at + 1 + hashes) != Some(&'"') {
+                    at += 1;
+                    continue;
+                }
+                let start = at + 2 + hashes;
+                let closing: Vec<char> = std::iter::once('"')
+                    .chain(std::iter::repeat_n('#', hashes))
+                    .collect();
+                let mut end = start;
+                while end < chars.len() && !chars[end..].starts_with(&closing) {
+                    end += 1;
+                }
+                let text: String = chars[start..end.min(chars.len())].iter().collect();
+                literals.push((line, text.clone()));
+                line += text.matches('\n').count();
+                at = end + closing.len();
+            } else if here == '"' {
+                let start = at + 1;
+                let mut end = start;
+                while end < chars.len() && chars[end] != '"' {
+                    end += if chars[end] == '\\' { 2 } else { 1 };
+                }
+                let text: String = chars[start..end.min(chars.len())].iter().collect();
+                literals.push((line, text.clone()));
+                line += text.matches('\n').count();
+                at = end + 1;
+            } else {
+                at += 1;
+            }
+        }
+        literals
+    }
+
+    /// Whether the char at `at` continues an identifier (the `r` of `for"`
+    /// is no raw string).
+    fn is_identifier(chars: &[char], at: usize) -> bool {
+        at > 0 && (chars[at - 1].is_alphanumeric() || chars[at - 1] == '_')
+    }
+
+    /// An SQL keyword at the start of `text` or after whitespace, followed
+    /// by whitespace: `"SELECT x"`, `"…\n   UPDATE t"`, not "SELECTED" or
+    /// "cannot UPDATE." at the end of a sentence.
+    fn holds_sql(text: &str) -> bool {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let followed =
+            |index: usize| index + 1 < words.len() || text.ends_with(char::is_whitespace);
+        words
+            .iter()
+            .enumerate()
+            .any(|(index, word)| SQL_KEYWORDS.contains(word) && followed(index))
+    }
+
+    /// Every SQL literal outside the store, as `file:line: literal`.
+    fn sql_outside_the_store(source_root: &Path) -> Vec<String> {
+        let store = source_root.join("store");
+        // The destination database of the PostgreSQL sink is the
+        // customer's, not the agent's store.
+        let postgres_sink = source_root.join("sink").join("postgres.rs");
+        let mut found = Vec::new();
+        for file in rust_files(source_root) {
+            if file.starts_with(&store) || file == postgres_sink {
+                continue;
+            }
+            let source = std::fs::read_to_string(&file).expect("a readable source file");
+            for (line, literal) in string_literals(&source) {
+                if holds_sql(&literal) {
+                    let shown = literal.split_whitespace().collect::<Vec<_>>().join(" ");
+                    found.push(format!("{}:{line}: {shown:?}", file.display()));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn only_the_store_writes_sql() {
+        let source_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let found = sql_outside_the_store(&source_root);
+        assert!(
+            found.is_empty(),
+            "SQL outside src/store/ (move it behind a function of the store):\n{}",
+            found.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_scan_finds_sql_literals_and_nothing_else() {
+        let source = r##"
+            /// Doc comments may say SELECT something.
+            // So may comments: DELETE FROM events
+            /* and block comments: INSERT INTO x */
+            let lifetime: &'static str = "plain prose, cannot UPDATE";
+            let quote = '"';
+            let sql = "SELECT count(*) FROM events";
+            let later = "
+                 UPDATE sinks SET state = ?1";
+            let raw = r#"INSERT INTO "quoted" VALUES (1)"#;
+            let word = "SELECTED items";
+        "##;
+        let sql: Vec<(usize, bool)> = string_literals(source)
+            .into_iter()
+            .map(|(line, literal)| (line, holds_sql(&literal)))
+            .collect();
+        assert_eq!(
+            sql,
+            [(5, false), (7, true), (8, true), (10, true), (11, false)]
+        );
+    }
 }

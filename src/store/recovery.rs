@@ -35,10 +35,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 use ulid::Ulid;
 
-use super::{
-    insert_event, stored_event_from_row, Store, StoreError, StoredEvent, DATABASE_FILE,
-    EVENT_COLUMNS, EVENT_COLUMN_COUNT,
-};
+use super::events::{insert_event, stored_event_from_row, EVENT_COLUMNS, EVENT_COLUMN_COUNT};
+use super::{Store, StoreError, StoredEvent, DATABASE_FILE};
 use crate::event::format_timestamp;
 
 /// Most findings of `PRAGMA quick_check` quoted in the error.

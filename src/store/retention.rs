@@ -12,11 +12,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use super::blocking::AsyncReader;
-use super::writer::Prune;
 use super::{StoreError, StoreHandle};
 use crate::config::StoreSettings;
 
@@ -33,6 +33,16 @@ pub struct Round {
     pub by_size: u64,
     /// Undelivered events alone exceed the cap.
     pub over_cap: bool,
+}
+
+/// One chunk of housekeeping: delete at most `limit` of the oldest events
+/// that every sink has delivered (or dead-lettered) through `through_seqno`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prune {
+    pub through_seqno: i64,
+    /// Only events read before this (retention); `None`: any age (size cap).
+    pub older_than: Option<DateTime<Utc>>,
+    pub limit: usize,
 }
 
 /// Runs housekeeping every [`INTERVAL`] until `shutdown`.
@@ -140,4 +150,36 @@ async fn prune_all(
             return Ok(total);
         }
     }
+}
+
+/// Deletes one chunk in the writer's transaction; returns how many went.
+pub(super) fn apply_prune(transaction: &Transaction<'_>, prune: &Prune) -> rusqlite::Result<u64> {
+    let older_than_ms = prune
+        .older_than
+        .map_or(i64::MAX, |at| at.timestamp_millis());
+    let deleted = transaction.execute(
+        "DELETE FROM events WHERE seqno IN (
+             SELECT seqno FROM events WHERE seqno <= ?1 AND ts_ms < ?2 ORDER BY seqno LIMIT ?3)",
+        params![prune.through_seqno, older_than_ms, prune.limit as i64],
+    )? as u64;
+    if deleted > 0 {
+        transaction.execute(
+            "DELETE FROM dead_letters WHERE seqno NOT IN (SELECT seqno FROM events)",
+            [],
+        )?;
+        let column = if prune.older_than.is_some() {
+            "pruned_retention"
+        } else {
+            "pruned_size"
+        };
+        transaction.execute(
+            &format!("UPDATE store_state SET {column} = {column} + ?1"),
+            [deleted],
+        )?;
+        // Hand the freed pages back to the filesystem.
+        transaction
+            .query_row("PRAGMA incremental_vacuum", [], |_| Ok(()))
+            .optional()?;
+    }
+    Ok(deleted)
 }

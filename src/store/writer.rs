@@ -26,12 +26,17 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, ErrorCode, OptionalExtension, Transaction};
+use rusqlite::ErrorCode;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 use ulid::Ulid;
 
-use super::{LinkCounters, Store, StoreError};
+use super::agent_state::{self, DaemonReport};
+use super::devices::{self, DeviceReport, UnitReport};
+use super::events;
+use super::retention::{self, Prune};
+use super::sinks::{self, SinkUpdate};
+use super::{Store, StoreError};
 use crate::event::{
     format_timestamp, local_offset_minutes, Event, EventBody, NewPress, StatusDetail,
 };
@@ -99,50 +104,6 @@ pub struct Committed {
     pub seq: u16,
 }
 
-/// connected | silent | disconnected, as in the status contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LinkState {
-    Connected,
-    Silent,
-    Disconnected,
-}
-
-impl LinkState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LinkState::Connected => "connected",
-            LinkState::Silent => "silent",
-            LinkState::Disconnected => "disconnected",
-        }
-    }
-}
-
-/// A driver's view of its device, saved as a whole. The press counter and
-/// `last_press_at` are not in it: the writer keeps those with the events.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeviceReport {
-    pub name: String,
-    pub model: &'static str,
-    pub port: String,
-    pub state: LinkState,
-    pub state_since: DateTime<Utc>,
-    pub hardware_id: Option<String>,
-    pub firmware: Option<String>,
-    pub last_frame_at: Option<DateTime<Utc>>,
-    pub counters: LinkCounters,
-    pub last_error: Option<String>,
-}
-
-/// A remote (or keypad) was heard, with what it said about itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnitReport {
-    pub device: String,
-    pub unit: UnitId,
-    pub seen_at: DateTime<Utc>,
-    pub battery: Option<u8>,
-    pub rssi: Option<i8>,
-}
-
 enum Command {
     Press {
         press: NewPress,
@@ -165,89 +126,6 @@ enum Command {
     /// Answered by the writer thread between two commit attempts, even
     /// while the store refuses writes.
     Health(oneshot::Sender<WriterHealth>),
-}
-
-/// One chunk of housekeeping: delete at most `limit` of the oldest events
-/// that every sink has delivered (or dead-lettered) through `through_seqno`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Prune {
-    pub through_seqno: i64,
-    /// Only events read before this (retention); `None`: any age (size cap).
-    pub older_than: Option<DateTime<Utc>>,
-    pub limit: usize,
-}
-
-/// A sink's progress, written by the writer like everything else.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SinkUpdate {
-    /// The batch about to be sent: every retry, also after a restart,
-    /// sends exactly this batch id with exactly these events.
-    Begin {
-        sink: String,
-        batch_id: String,
-        first_seqno: i64,
-        last_seqno: i64,
-    },
-    /// The backend took every event through `through_seqno` (`count` of them).
-    Delivered {
-        sink: String,
-        through_seqno: i64,
-        count: u64,
-    },
-    /// The backend rejects this event on its own: it is kept as a dead
-    /// letter and the cursor moves past it.
-    DeadLetter {
-        sink: String,
-        seqno: i64,
-        event_id: String,
-        status: Option<u16>,
-        reason: String,
-    },
-    /// A dead letter sent again by request was accepted.
-    Redelivered { sink: String, seqno: i64 },
-    /// A dead letter sent again by request was rejected again.
-    RetryRejected {
-        sink: String,
-        seqno: i64,
-        reason: String,
-    },
-    /// What `status` shows for the sink.
-    State {
-        sink: String,
-        state: SinkState,
-        last_error: Option<String>,
-    },
-}
-
-/// ok | retrying | paused, as in the status contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SinkState {
-    Ok,
-    Retrying,
-    Paused,
-}
-
-impl SinkState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SinkState::Ok => "ok",
-            SinkState::Retrying => "retrying",
-            SinkState::Paused => "paused",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum DaemonReport {
-    Started {
-        pid: u32,
-    },
-    Alive,
-    Stopped,
-    /// The wall clock moved by this many seconds against the monotonic one.
-    ClockJump {
-        seconds: i64,
-    },
 }
 
 /// Sends work to the writer thread. Cheap to clone; the writer stops once
@@ -867,10 +745,10 @@ impl Writer {
         // Best effort, for `status`: an update in place may go through
         // where new presses do not; on a full disk it fails as well, and
         // the heartbeat that cannot be written says it instead.
-        if let Err(error) = self.store.connection.execute(
-            "UPDATE store_state SET write_failures_since = coalesce(write_failures_since, ?1),
-                 last_write_error = ?2",
-            params![format_timestamp(failure.since), failure.last_error],
+        if let Err(error) = agent_state::note_write_failure(
+            &self.store.connection,
+            failure.since,
+            &failure.last_error,
         ) {
             tracing::debug!("cannot note the write failure in the store either: {error}");
         }
@@ -904,7 +782,7 @@ impl Writer {
         for PendingPress { press, .. } in self.pending.presses.range(..take) {
             last_id = next_id(last_id, SystemTime::now());
             let id = last_id.to_string();
-            insert_event(&transaction, &id, press)?;
+            events::insert_press(&transaction, &id, press)?;
             ids.push(id);
             let totals = device_totals.entry(&press.device).or_insert(PressTotals {
                 model: press.model,
@@ -927,49 +805,43 @@ impl Writer {
                 tz_offset_min: local_offset_minutes(),
                 body: EventBody::Status(detail.clone()),
             };
-            super::insert_event(&transaction, &event, at.timestamp_millis())?;
+            events::insert_event(&transaction, &event, at.timestamp_millis())?;
         }
         // Read before any other insert: an upsert that inserts a device or
         // unit row moves `last_insert_rowid` too.
         let inserted_events = take > 0 || !self.pending.statuses.is_empty();
         let newest_seqno = inserted_events.then(|| transaction.last_insert_rowid());
         for report in self.pending.devices.values() {
-            upsert_device(&transaction, report)?;
+            devices::upsert_device(&transaction, report)?;
         }
         for report in self.pending.units.values() {
-            upsert_unit(&transaction, report, 0)?;
+            devices::upsert_unit(&transaction, report, 0)?;
         }
         for report in &self.pending.daemon {
-            record_daemon(&transaction, *report)?;
+            agent_state::record_daemon(&transaction, *report)?;
         }
         let mut pruned = Vec::new();
         for request in &self.pending.requests {
             match request {
-                Request::Sink(update, _) => apply_sink_update(&transaction, update)?,
-                Request::Prune(prune, _) => pruned.push(apply_prune(&transaction, prune)?),
+                Request::Sink(update, _) => sinks::apply_sink_update(&transaction, update)?,
+                Request::Prune(prune, _) => {
+                    pruned.push(retention::apply_prune(&transaction, prune)?)
+                }
             }
         }
         if let Some(over) = self.pending.over_cap {
-            transaction.execute(
-                "UPDATE store_state SET checked_at = ?2,
-                     over_cap_since = CASE WHEN ?1 THEN coalesce(over_cap_since, ?2) END",
-                params![over, format_timestamp(Utc::now())],
-            )?;
+            agent_state::mark_over_cap(&transaction, over)?;
         }
         if self.store_state_due {
-            transaction.execute(
-                "UPDATE store_state SET dropped_presses = dropped_presses + ?1,
-                     write_failures_since = NULL, last_write_error = NULL",
-                [self.unsaved_drops],
-            )?;
+            agent_state::clear_write_failures(&transaction, self.unsaved_drops)?;
         }
         for (device, totals) in &device_totals {
-            transaction.execute(
-                "INSERT INTO devices (name, model, port, state, presses, last_press_at)
-                 VALUES (?1, ?2, '', 'connected', ?3, ?4)
-                 ON CONFLICT (name) DO UPDATE SET
-                     presses = presses + excluded.presses, last_press_at = excluded.last_press_at",
-                params![device, totals.model, totals.presses, totals.last_ts],
+            devices::add_presses(
+                &transaction,
+                device,
+                totals.model,
+                totals.presses,
+                &totals.last_ts,
             )?;
         }
         for ((device, unit), (presses, last)) in &unit_totals {
@@ -980,7 +852,7 @@ impl Writer {
                 battery: last.battery,
                 rssi: last.rssi,
             };
-            upsert_unit(&transaction, &report, *presses)?;
+            devices::upsert_unit(&transaction, &report, *presses)?;
         }
         transaction.commit()?;
         Ok(Written {
@@ -1002,238 +874,10 @@ fn next_id(previous: Ulid, now: SystemTime) -> Ulid {
     previous.increment().unwrap_or(fresh)
 }
 
-fn insert_event(transaction: &Transaction<'_>, id: &str, press: &NewPress) -> rusqlite::Result<()> {
-    let mut statement = transaction.prepare_cached(
-        "INSERT INTO events (id, type, ts, ts_ms, tz_offset_min, device, model, unit, key,
-                             answer, question, seq, rssi, battery, suppressed)
-         VALUES (?1, 'press', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-    )?;
-    statement.execute(params![
-        id,
-        format_timestamp(press.ts),
-        press.ts.timestamp_millis(),
-        press.tz_offset_min,
-        press.device,
-        press.model,
-        press.unit.to_string(),
-        press.key,
-        press.answer,
-        press.question,
-        press.seq,
-        press.rssi,
-        press.battery,
-        press.suppressed,
-    ])?;
-    Ok(())
-}
-
-fn upsert_device(transaction: &Transaction<'_>, report: &DeviceReport) -> rusqlite::Result<()> {
-    let mut statement = transaction.prepare_cached(
-        "INSERT INTO devices (name, model, port, state, state_since, hardware_id, firmware,
-                              last_frame_at, duplicates, bad_frames, unknown_frames, noise_bytes,
-                              faults, reconnects, last_error, updated_at, acks_dropped)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
-         ON CONFLICT (name) DO UPDATE SET
-             model = excluded.model, port = excluded.port, state = excluded.state,
-             state_since = excluded.state_since,
-             hardware_id = coalesce(excluded.hardware_id, hardware_id),
-             firmware = coalesce(excluded.firmware, firmware),
-             last_frame_at = coalesce(excluded.last_frame_at, last_frame_at),
-             duplicates = excluded.duplicates, bad_frames = excluded.bad_frames,
-             unknown_frames = excluded.unknown_frames, noise_bytes = excluded.noise_bytes,
-             faults = excluded.faults, reconnects = excluded.reconnects,
-             last_error = excluded.last_error, updated_at = excluded.updated_at,
-             acks_dropped = excluded.acks_dropped",
-    )?;
-    statement.execute(params![
-        report.name,
-        report.model,
-        report.port,
-        report.state.as_str(),
-        format_timestamp(report.state_since),
-        report.hardware_id,
-        report.firmware,
-        report.last_frame_at.map(format_timestamp),
-        report.counters.duplicates,
-        report.counters.bad_frames,
-        report.counters.unknown_frames,
-        report.counters.noise_bytes,
-        report.counters.faults,
-        report.counters.reconnects,
-        report.last_error,
-        format_timestamp(Utc::now()),
-        report.counters.acks_dropped,
-    ])?;
-    Ok(())
-}
-
-fn upsert_unit(
-    transaction: &Transaction<'_>,
-    report: &UnitReport,
-    presses: u64,
-) -> rusqlite::Result<()> {
-    let mut statement = transaction.prepare_cached(
-        "INSERT INTO units (device, unit, last_seen_at, battery, rssi, presses)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (device, unit) DO UPDATE SET
-             last_seen_at = max(coalesce(last_seen_at, ''), excluded.last_seen_at),
-             battery = coalesce(excluded.battery, battery),
-             rssi = coalesce(excluded.rssi, rssi),
-             presses = presses + excluded.presses",
-    )?;
-    statement.execute(params![
-        report.device,
-        report.unit.to_string(),
-        format_timestamp(report.seen_at),
-        report.battery,
-        report.rssi,
-        presses,
-    ])?;
-    Ok(())
-}
-
-fn apply_sink_update(transaction: &Transaction<'_>, update: &SinkUpdate) -> rusqlite::Result<()> {
-    let now = format_timestamp(Utc::now());
-    let sink = match update {
-        SinkUpdate::Begin { sink, .. }
-        | SinkUpdate::Delivered { sink, .. }
-        | SinkUpdate::DeadLetter { sink, .. }
-        | SinkUpdate::Redelivered { sink, .. }
-        | SinkUpdate::RetryRejected { sink, .. }
-        | SinkUpdate::State { sink, .. } => sink,
-    };
-    transaction.execute(
-        "INSERT INTO sinks (name, updated_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-        params![sink, now],
-    )?;
-    match update {
-        SinkUpdate::Begin {
-            batch_id,
-            first_seqno,
-            last_seqno,
-            ..
-        } => transaction.execute(
-            "UPDATE sinks SET batch_id = ?2, batch_first = ?3, batch_last = ?4, updated_at = ?5
-             WHERE name = ?1",
-            params![sink, batch_id, first_seqno, last_seqno, now],
-        )?,
-        SinkUpdate::Delivered {
-            through_seqno,
-            count,
-            ..
-        } => transaction.execute(
-            "UPDATE sinks SET delivered_seqno = max(delivered_seqno, ?2), delivered = delivered + ?3,
-                 last_success_at = ?4, state = 'ok', last_error = NULL,
-                 batch_id = NULL, batch_first = NULL, batch_last = NULL, updated_at = ?4
-             WHERE name = ?1",
-            params![sink, through_seqno, count, now],
-        )?,
-        SinkUpdate::DeadLetter {
-            seqno,
-            event_id,
-            status,
-            reason,
-            ..
-        } => {
-            transaction.execute(
-                "INSERT INTO dead_letters (sink, seqno, event_id, status, reason, at, retry)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)
-                 ON CONFLICT (sink, seqno) DO UPDATE SET
-                     status = excluded.status, reason = excluded.reason, at = excluded.at, retry = 0",
-                params![sink, seqno, event_id, status, reason, now],
-            )?;
-            transaction.execute(
-                "UPDATE sinks SET delivered_seqno = max(delivered_seqno, ?2),
-                     batch_id = NULL, batch_first = NULL, batch_last = NULL, updated_at = ?3
-                 WHERE name = ?1",
-                params![sink, seqno, now],
-            )?
-        }
-        SinkUpdate::Redelivered { seqno, .. } => {
-            transaction.execute(
-                "DELETE FROM dead_letters WHERE sink = ?1 AND seqno = ?2",
-                params![sink, seqno],
-            )?;
-            transaction.execute(
-                "UPDATE sinks SET delivered = delivered + 1, last_success_at = ?2, updated_at = ?2
-                 WHERE name = ?1",
-                params![sink, now],
-            )?
-        }
-        SinkUpdate::RetryRejected { seqno, reason, .. } => transaction.execute(
-            "UPDATE dead_letters SET retry = 0, reason = ?3, at = ?4 WHERE sink = ?1 AND seqno = ?2",
-            params![sink, seqno, reason, now],
-        )?,
-        SinkUpdate::State {
-            state, last_error, ..
-        } => transaction.execute(
-            "UPDATE sinks SET state = ?2, last_error = ?3, updated_at = ?4 WHERE name = ?1",
-            params![sink, state.as_str(), last_error, now],
-        )?,
-    };
-    Ok(())
-}
-
-fn apply_prune(transaction: &Transaction<'_>, prune: &Prune) -> rusqlite::Result<u64> {
-    let older_than_ms = prune
-        .older_than
-        .map_or(i64::MAX, |at| at.timestamp_millis());
-    let deleted = transaction.execute(
-        "DELETE FROM events WHERE seqno IN (
-             SELECT seqno FROM events WHERE seqno <= ?1 AND ts_ms < ?2 ORDER BY seqno LIMIT ?3)",
-        params![prune.through_seqno, older_than_ms, prune.limit as i64],
-    )? as u64;
-    if deleted > 0 {
-        transaction.execute(
-            "DELETE FROM dead_letters WHERE seqno NOT IN (SELECT seqno FROM events)",
-            [],
-        )?;
-        let column = if prune.older_than.is_some() {
-            "pruned_retention"
-        } else {
-            "pruned_size"
-        };
-        transaction.execute(
-            &format!("UPDATE store_state SET {column} = {column} + ?1"),
-            [deleted],
-        )?;
-        // Hand the freed pages back to the filesystem.
-        transaction
-            .query_row("PRAGMA incremental_vacuum", [], |_| Ok(()))
-            .optional()?;
-    }
-    Ok(deleted)
-}
-
-fn record_daemon(transaction: &Transaction<'_>, report: DaemonReport) -> rusqlite::Result<()> {
-    let now = format_timestamp(Utc::now());
-    match report {
-        DaemonReport::Started { pid } => transaction.execute(
-            "INSERT INTO daemon (singleton, pid, version, started_at, heartbeat_at, stopped_at)
-             VALUES (1, ?1, ?2, ?3, ?3, NULL)
-             ON CONFLICT (singleton) DO UPDATE SET pid = excluded.pid, version = excluded.version,
-                 started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
-                 stopped_at = NULL",
-            params![pid, env!("CARGO_PKG_VERSION"), now],
-        )?,
-        DaemonReport::Alive => {
-            transaction.execute("UPDATE daemon SET heartbeat_at = ?1", [&now])?
-        }
-        DaemonReport::ClockJump { seconds } => transaction.execute(
-            "UPDATE daemon SET clock_jump_at = ?1, clock_jump_s = ?2",
-            params![now, seconds],
-        )?,
-        DaemonReport::Stopped => transaction.execute(
-            "UPDATE daemon SET heartbeat_at = ?1, stopped_at = ?1",
-            [&now],
-        )?,
-    };
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{LinkCounters, LinkState};
 
     #[test]
     fn ids_stay_monotonic_when_the_clock_goes_back() {
