@@ -19,9 +19,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::status::{read_status, Health, Status};
 use crate::config::Settings;
 use crate::event::StatusDetail;
+use crate::status::{read_status, Health, Status};
 use crate::store::blocking::AsyncReader;
 use crate::store::{Store, StoreError, StoreHandle};
 
@@ -136,7 +136,7 @@ impl Reporter {
     async fn read<T: Send + 'static>(
         &mut self,
         what: &str,
-        query: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
+        query: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Option<T> {
         let reader = match &mut self.reader {
             Some(reader) => reader,
@@ -148,17 +148,11 @@ impl Reporter {
                 }
             },
         };
-        match reader.read(move |store| Ok(query(store))).await {
-            Ok(Ok(answer)) => Some(answer),
-            Ok(Err(error)) => {
-                tracing::warn!("cannot read {what}: {error:#}");
-                None
-            }
-            Err(error) => {
-                tracing::warn!("cannot read {what}: {error}");
-                None
-            }
-        }
+        reader
+            .read(query)
+            .await
+            .map_err(|error| tracing::warn!("cannot read {what}: {error}"))
+            .ok()
     }
 
     /// Each configured device's state as the store has it now.

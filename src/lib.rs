@@ -1,14 +1,16 @@
 //! epm-agent: a data concentrator for ProLAN customer-feedback buttons.
 //!
 //! Devices on serial ports → codecs → drivers (duplicates, keymap,
-//! anti-spam) → the SQLite write-ahead store. See ARCHITECTURE.md.
+//! anti-spam) → the SQLite write-ahead store → sinks. See ARCHITECTURE.md.
+//!
+//! The library holds the agent and typed operations on its store; the
+//! command line (clap, what is printed, exit codes) is the binary's
+//! (`src/main.rs`, `src/commands/`, `src/demo/`, `src/service/`).
 
 pub mod agent_status;
 pub mod clock;
-pub mod commands;
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod driver;
 pub mod event;
 pub mod model;
@@ -18,7 +20,7 @@ pub mod press_filter;
 pub mod protocol;
 #[cfg(unix)]
 pub mod pty;
-pub mod service;
 pub mod simulator;
 pub mod sink;
+pub mod status;
 pub mod store;

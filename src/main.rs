@@ -9,10 +9,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+mod commands;
+mod demo;
+mod service;
+
+use demo::DemoOptions;
 use epm_agent::config::{self, ConfigError, Settings};
-use epm_agent::demo::{self, DemoOptions};
+use epm_agent::daemon;
 use epm_agent::sink::{AgentInfo, Transport};
-use epm_agent::{commands, daemon};
 
 /// Reads ProLAN customer-feedback keypads and receivers into a durable local
 /// store and uploads the presses to reporting backends.
@@ -68,7 +72,7 @@ enum Command {
     /// The Windows service: install, uninstall, start, stop, reload, status.
     Service {
         #[command(subcommand)]
-        action: epm_agent::service::ServiceAction,
+        action: service::ServiceAction,
     },
 }
 
@@ -215,7 +219,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Service { action } => match epm_agent::service::run(&action, &config_path) {
+        Command::Service { action } => match service::run(&action, &config_path) {
             Ok(code) => ExitCode::from(code),
             Err(error) => {
                 eprintln!("epm-agent: {error:#}");

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use crate::config::Settings;
+use epm_agent::config::Settings;
 
 use super::{aligned_table, open_store, open_store_for_change};
 

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tokio_util::codec::Framed;
 
-use crate::config::{AutoMatch, Model, PortSetting, Settings};
-use crate::port::{self, FramedLink, Link, PortError, PortInfo, UsbInfo};
-use crate::protocol::Identity;
+use epm_agent::config::{AutoMatch, Model, PortSetting, Settings};
+use epm_agent::port::{self, FramedLink, Link, PortError, PortInfo, UsbInfo};
+use epm_agent::protocol::Identity;
 
 use super::aligned_table;
 use super::stdout_wants_colour;
@@ -235,7 +235,7 @@ fn canonical(path: &str) -> PathBuf {
 
 /// The configured devices on this port: by path (through symlinks), or
 /// `port = "auto"` with the hardware id that answered here.
-fn configured_names(devices: &[crate::config::DeviceSettings], port: &Port) -> Vec<String> {
+fn configured_names(devices: &[epm_agent::config::DeviceSettings], port: &Port) -> Vec<String> {
     let target = canonical(&port.path);
     devices
         .iter()
@@ -533,7 +533,7 @@ fn json_report(ports: &[Port]) -> JsonReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::UnitId;
+    use epm_agent::protocol::UnitId;
 
     fn usb_port(path: &str) -> Port {
         Port {
@@ -633,7 +633,7 @@ mod tests {
 
     #[test]
     fn an_auto_device_is_recognised_by_the_hardware_id_that_answered() {
-        let settings = crate::config::parse(
+        let settings = epm_agent::config::parse(
             "[agent]\nid = \"t\"\ndata_dir = \"d\"\n\n\
              [[device]]\nname = \"cashdesk\"\nmodel = \"prolan-202\"\nport = \"auto\"\nhardware_id = \"202A0F31\"\nkeymap = { 1 = \"yes\" }\n\n\
              [[device]]\nname = \"hall\"\nmodel = \"prolan-501\"\nport = \"/dev/ttyACM7\"\nkeymap = { 1 = \"yes\" }\n",

@@ -24,10 +24,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use chrono::{DateTime, Local};
 
-use crate::config::Settings;
-use crate::event::{CsvLine, Event, LineBreaks, NdjsonLine, CSV_HEADER, UTF8_BOM};
-use crate::sink::AgentInfo;
-use crate::store::Store;
+use epm_agent::config::Settings;
+use epm_agent::event::{CsvLine, Event, LineBreaks, NdjsonLine, CSV_HEADER, UTF8_BOM};
+use epm_agent::sink::AgentInfo;
+use epm_agent::store::Store;
 
 use super::is_broken_pipe;
 use super::open_store;

@@ -17,7 +17,7 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 
-use crate::store::{Store, DATABASE_FILE};
+use epm_agent::store::{Store, DATABASE_FILE};
 
 /// Opens the store of `data_dir` read-only, saying what to check when there
 /// is none.

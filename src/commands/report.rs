@@ -21,10 +21,10 @@ use chrono::{DateTime, Local, NaiveDate, Utc};
 use rusqlite::types::Value;
 use serde::Serialize;
 
-use crate::config::Settings;
-use crate::event::format_timestamp;
-pub use crate::store::Counts;
-use crate::store::{Bucket, Store};
+use epm_agent::config::Settings;
+use epm_agent::event::format_timestamp;
+pub use epm_agent::store::Counts;
+use epm_agent::store::{Bucket, Store};
 
 use super::chart::{self, ChartData, HourPresses};
 use super::time_range::TimeRange;
@@ -476,7 +476,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::event::{Event, EventBody, PressFields};
+    use epm_agent::event::{Event, EventBody, PressFields};
 
     fn counts(yes: u64, neutral: u64, no: u64) -> Counts {
         Counts {
@@ -549,7 +549,7 @@ mod tests {
                     suppressed: *suppressed,
                 }),
             };
-            store.insert_event_for_test(&event).expect("insert");
+            store.insert_fixture_event(&event).expect("insert");
         }
         (dir, store)
     }

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::{DateTime, FixedOffset};
 
-use crate::config::Settings;
-use crate::event::{Event, PressFields};
-use crate::store::{Store, StoredEvent, DATABASE_FILE};
+use epm_agent::config::Settings;
+use epm_agent::event::{Event, PressFields};
+use epm_agent::store::{Store, StoredEvent, DATABASE_FILE};
 
 use super::{is_broken_pipe, open_store, stdout_wants_colour};
 
@@ -317,7 +317,7 @@ mod tests {
             id: "01JDA8Z5C6N2V7Q4M3W9XK1T0B".into(),
             ts: ts.into(),
             tz_offset_min,
-            body: crate::event::EventBody::Press(press),
+            body: epm_agent::event::EventBody::Press(press),
         }
     }
 

@@ -124,10 +124,6 @@ impl Backend {
         &self.url
     }
 
-    pub fn snapshot(&self) -> Snapshot {
-        self.shared.lock().snapshot.clone()
-    }
-
     /// Stops accepting, lets requests being answered finish, and returns
     /// what was taken.
     pub async fn stop(self) -> io::Result<Snapshot> {

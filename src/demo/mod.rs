@@ -27,13 +27,13 @@ use tokio::sync::watch;
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
+use backend::{Backend, Snapshot};
+use epm_agent::config::{
     AgentSettings, DeviceSettings, HttpFormat, HttpSinkSettings, LogSettings, Model, PortSetting,
     SecretSource, Settings, SimulatorSettings, SinkKind, SinkSettings, StoreSettings,
 };
-use crate::daemon;
-use crate::store::{Store, StoreError};
-use backend::{Backend, Snapshot};
+use epm_agent::daemon;
+use epm_agent::store::{Store, StoreError};
 use view::{Painter, Progress, Style};
 
 /// What `epm-agent demo` was asked for.
@@ -254,8 +254,8 @@ fn start_devices(
     pressing: &CancellationToken,
     stop: &CancellationToken,
 ) -> anyhow::Result<Vec<DemoDevice>> {
-    use crate::pty::Pty;
-    use crate::simulator::{self, Hardware};
+    use epm_agent::pty::Pty;
+    use epm_agent::simulator::{self, Hardware};
 
     let mut devices = Vec::new();
     for (name, question, hardware, customers) in demo_hardware() {
@@ -325,11 +325,11 @@ fn start_devices(
 fn demo_hardware() -> Vec<(
     &'static str,
     &'static str,
-    crate::simulator::Hardware,
-    crate::simulator::Customers,
+    epm_agent::simulator::Hardware,
+    epm_agent::simulator::Customers,
 )> {
-    use crate::protocol::UnitId;
-    use crate::simulator::{Customers, Hardware};
+    use epm_agent::protocol::UnitId;
+    use epm_agent::simulator::{Customers, Hardware};
 
     vec![
         (
@@ -445,7 +445,7 @@ fn print_header(
     println!(
         "  {:<9} {} (removed at the end)",
         "store",
-        data_dir.join(crate::store::DATABASE_FILE).display()
+        data_dir.join(epm_agent::store::DATABASE_FILE).display()
     );
     let flaky = if options.flaky {
         "; flaky: about 1 request in 5 is answered 503"
@@ -527,15 +527,21 @@ fn store_summary(data_dir: &Path) -> Result<StoreSummary, StoreError> {
     for count in store.presses_by_answer()? {
         tally.add(count.answer.as_deref(), count.suppressed, count.presses);
     }
-    let per_device = store.presses_per_device()?;
-    let delivered = store.sink(SINK_NAME)?.map_or(0, |sink| sink.delivered);
+    let per_device: Vec<(String, u64)> = store.presses_per_device()?;
+    let stored: u64 = per_device.iter().map(|(_, presses)| presses).sum();
+    // Presses only: the agent's status events travel too (the stop's may
+    // still be waiting for a retry when the demo ends), but are no presses.
+    let cursor = store
+        .sink(SINK_NAME)?
+        .map_or(0, |sink| sink.delivered_seqno);
+    let delivered = stored - store.presses_after(cursor)?.min(stored);
     let duplicates = store
         .devices()?
         .iter()
         .map(|device| device.duplicates)
         .sum();
     Ok(StoreSummary {
-        stored: store.event_count()?,
+        stored,
         per_device,
         tally,
         delivered,

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::Notice;
 use super::{format_iel, Tally, SINK_NAME};
-use crate::event::PressFields;
-use crate::store::{DeviceRow, LinkState, SinkRow, Store, StoreError, StoredEvent};
+use epm_agent::event::PressFields;
+use epm_agent::store::{DeviceRow, LinkState, SinkRow, Store, StoreError, StoredEvent};
 
 /// How far the agent has come, as of the view's latest look at the store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -44,6 +44,7 @@ pub enum ServiceAction {
 }
 
 /// What every action answers outside Windows.
+#[cfg(not(windows))]
 pub const NOT_WINDOWS: &str =
     "the service command is for Windows; on Linux use systemd (systemd/epm-agent.service)";
 

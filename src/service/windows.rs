@@ -31,8 +31,8 @@ use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 use windows_service::{define_windows_service, service_dispatcher};
 
 use super::ServiceAction;
-use crate::config::{self, Settings};
-use crate::daemon;
+use epm_agent::config::{self, Settings};
+use epm_agent::daemon;
 
 /// The service's name for `sc.exe`, `net start` and the registry.
 pub const SERVICE_NAME: &str = "epm-agent";

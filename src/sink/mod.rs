@@ -15,6 +15,8 @@ pub mod http;
 pub mod mqtt;
 pub mod policy;
 pub mod postgres;
+#[cfg(test)]
+mod scripted;
 pub mod secret;
 pub mod tls;
 
@@ -115,6 +117,9 @@ pub enum Transport {
     File(file::FileSink),
     Postgres(Box<postgres::PostgresSink>),
     Mqtt(Box<mqtt::MqttSink>),
+    /// Answers as a test scripts it.
+    #[cfg(test)]
+    Scripted(scripted::Scripted),
 }
 
 impl Transport {
@@ -146,6 +151,8 @@ impl Transport {
             Transport::File(sink) => sink.deliver(batch_id, events).await,
             Transport::Postgres(sink) => sink.deliver(batch_id, events).await,
             Transport::Mqtt(sink) => sink.deliver(batch_id, events).await,
+            #[cfg(test)]
+            Transport::Scripted(sink) => sink.deliver(batch_id, events).await,
         }
     }
 
@@ -157,6 +164,8 @@ impl Transport {
             Transport::Postgres(sink) => sink.password_problem(),
             Transport::Mqtt(sink) => sink.password_problem(),
             Transport::File(_) => None,
+            #[cfg(test)]
+            Transport::Scripted(_) => None,
         }
     }
 
@@ -168,6 +177,8 @@ impl Transport {
             Transport::Postgres(sink) => sink.refresh_password(),
             Transport::Mqtt(sink) => sink.refresh_password(),
             Transport::File(_) => {}
+            #[cfg(test)]
+            Transport::Scripted(_) => {}
         }
     }
 }

@@ -51,6 +51,16 @@ impl Store {
             .query_row("SELECT count(*) FROM events", [], |row| row.get(0))?)
     }
 
+    /// How many presses (not agent status events) come after `seqno`: what
+    /// a sink whose cursor is there has still to deliver of them.
+    pub fn presses_after(&self, seqno: i64) -> Result<u64, StoreError> {
+        Ok(self.connection.query_row(
+            "SELECT count(*) FROM events WHERE type = 'press' AND seqno > ?1",
+            [seqno],
+            |row| row.get(0),
+        )?)
+    }
+
     /// The seqno of the newest event (0 for an empty store).
     pub fn last_seqno(&self) -> Result<i64, StoreError> {
         Ok(self
@@ -190,10 +200,11 @@ impl Store {
     }
 }
 
-#[cfg(test)]
 impl Store {
-    /// Writes `event` as it is, for tests that need events at given times.
-    pub(crate) fn insert_event_for_test(&self, event: &Event) -> Result<(), StoreError> {
+    /// Writes `event` exactly as given (its id and time), for fixtures and
+    /// tests that need events at given times. The agent's own events go
+    /// through the writer, which assigns ids in commit order.
+    pub fn insert_fixture_event(&self, event: &Event) -> Result<(), StoreError> {
         let ts_ms =
             chrono::DateTime::parse_from_rfc3339(&event.ts).map_or(0, |at| at.timestamp_millis());
         insert_event(&self.connection, event, ts_ms)?;

@@ -1,7 +1,7 @@
 //! What `status` reads, in one read transaction: every number comes from
 //! the same commit, so a sink's cursor, the newest event and the counters
 //! belong together. Only the rows are read here; the health rules that
-//! judge them are `commands::status`'s.
+//! judge them are `crate::status`'s.
 
 use super::{DaemonRow, DeviceRow, SinkRow, Store, StoreError, StoreStateRow, UnitRow};
 

@@ -1,0 +1,174 @@
+//! A transport that answers as a test scripts it, so the sink task — batch,
+//! retry, cursor — is tested on a paused clock without a server. Test
+//! builds only.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::policy::Outcome;
+use crate::store::StoredEvent;
+
+/// One delivery attempt as the transport saw it.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub at: Instant,
+    pub batch_id: String,
+    pub seqnos: Vec<i64>,
+}
+
+/// Answers each attempt with the next scripted outcome, then accepts.
+pub struct Scripted {
+    answers: VecDeque<Outcome>,
+    attempts: Arc<Mutex<Vec<Attempt>>>,
+    attempted: Arc<Notify>,
+}
+
+impl Scripted {
+    pub fn new(answers: Vec<Outcome>) -> (Scripted, Arc<Mutex<Vec<Attempt>>>, Arc<Notify>) {
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let attempted = Arc::new(Notify::new());
+        let scripted = Scripted {
+            answers: answers.into(),
+            attempts: Arc::clone(&attempts),
+            attempted: Arc::clone(&attempted),
+        };
+        (scripted, attempts, attempted)
+    }
+
+    pub async fn deliver(&mut self, batch_id: &str, events: &[StoredEvent]) -> Outcome {
+        self.attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Attempt {
+                at: Instant::now(),
+                batch_id: batch_id.to_string(),
+                seqnos: events.iter().map(|event| event.seqno).collect(),
+            });
+        self.attempted.notify_one();
+        self.answers.pop_front().unwrap_or(Outcome::Accepted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::event::NewPress;
+    use crate::protocol::UnitId;
+    use crate::sink::policy::{self, SHORTEST_RETRY};
+    use crate::sink::{self, Transport};
+    use crate::store::{writer, Store};
+
+    fn press(seq: u16) -> NewPress {
+        NewPress {
+            ts: Utc::now(),
+            tz_offset_min: 0,
+            device: "cashdesk".into(),
+            model: "prolan-202",
+            unit: UnitId(0x202A_0F31),
+            key: 1,
+            answer: Some("yes".into()),
+            question: None,
+            seq,
+            rssi: None,
+            battery: None,
+            suppressed: false,
+        }
+    }
+
+    fn settings() -> crate::config::SinkSettings {
+        let text = "[agent]\nid = \"t\"\ndata_dir = \"/tmp/unused\"\n\n[[sink]]\nname = \"reporter\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/\"\nbatch_size = 50\n";
+        let settings = crate::config::parse(text, std::path::Path::new("/tmp/t.toml"))
+            .expect("a configuration");
+        settings.sinks[0].clone()
+    }
+
+    /// Three "try later" failures, then the backend accepts: the same
+    /// batch (id and events) is sent each time, each wait is drawn inside
+    /// its backoff step, and only the acceptance moves the cursor.
+    #[tokio::test(start_paused = true)]
+    async fn try_later_resends_the_same_batch_after_each_backoff_step() {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let store = Store::open_writer(folder.path()).expect("a store");
+        let (handle, _writer) = writer::spawn(store, Default::default()).expect("the writer");
+        for seq in 1..=20 {
+            handle.press(press(seq), None).await.expect("queued");
+        }
+        handle.flush().await.expect("committed");
+        let failures = vec![
+            Outcome::Status {
+                code: 503,
+                retry_after: None,
+            },
+            Outcome::Transport("connection refused".into()),
+            Outcome::Status {
+                code: 502,
+                retry_after: None,
+            },
+        ];
+        let (scripted, attempts, attempted) = Scripted::new(failures);
+        let settings = settings();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(sink::run(
+            settings.clone(),
+            Transport::Scripted(scripted),
+            folder.path().to_path_buf(),
+            handle.clone(),
+            shutdown.clone(),
+        ));
+        // No timer of the test's own: the paused clock moves only to the
+        // sink's timers, so the gaps are exactly the waits it chose.
+        while attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+            < 4
+        {
+            attempted.notified().await;
+        }
+        let reader = Store::open_reader(folder.path()).expect("a reader");
+        let delivered_through = loop {
+            let cursor = reader.sink_cursor("reporter").expect("the cursor");
+            if cursor.delivered_seqno > 0 {
+                break cursor.delivered_seqno;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        shutdown.cancel();
+        task.await.expect("the sink task").expect("no store error");
+
+        let attempts = attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let first = &attempts[0];
+        assert_eq!(
+            first.seqnos,
+            (1..=20).collect::<Vec<i64>>(),
+            "one batch of all 20"
+        );
+        for (index, attempt) in attempts.iter().enumerate().take(4) {
+            assert_eq!(
+                (&attempt.batch_id, &attempt.seqnos),
+                (&first.batch_id, &first.seqnos),
+                "attempt {index} resends the same batch"
+            );
+        }
+        for failure in 0..3 {
+            let gap = attempts[failure + 1].at - attempts[failure].at;
+            let step = policy::backoff(failure as u32, settings.max_backoff, 1.0);
+            assert!(
+                (SHORTEST_RETRY..=step).contains(&gap),
+                "wait {failure}: {gap:?}, outside {SHORTEST_RETRY:?}..={step:?}"
+            );
+        }
+        assert_eq!(delivered_through, *first.seqnos.last().expect("events"));
+    }
+}
