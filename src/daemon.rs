@@ -975,3 +975,158 @@ path = "/var/lib/epm-agent/export"
         assert!(format!("{error:#}").contains("ca.pem"), "{error:#}");
     }
 }
+
+/// The supervisor itself on a paused clock: in-process simulated receivers
+/// (no port), a file sink, a reload, a stop. Minutes of agent time pass in
+/// moments of real time.
+#[cfg(test)]
+mod supervised {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn config(data_dir: &Path, files: &Path, devices: &[&str]) -> String {
+        let mut text = format!(
+            "[agent]\nid = \"shop-1\"\ndata_dir = \"{}\"\n\n[[sink]]\nname = \"files\"\nkind = \"file\"\npath = \"{}\"\nformat = \"ndjson\"\nflush_interval_ms = 200\n",
+            data_dir.display(),
+            files.display()
+        );
+        for name in devices {
+            text.push_str(&format!(
+                "\n[[device]]\nname = \"{name}\"\nmodel = \"simulator\"\nsim_remotes = 3\nsim_presses_per_min = 120\n"
+            ));
+        }
+        text
+    }
+
+    /// Every line of the sink's day files: (type, id).
+    fn written(files: &Path) -> Vec<(String, String)> {
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(files).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for line in text.lines() {
+                let value: serde_json::Value = serde_json::from_str(line).expect("an ndjson line");
+                lines.push((
+                    value["type"].as_str().unwrap_or_default().to_string(),
+                    value["id"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+        }
+        lines
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_adds_a_device_and_a_restart_delivers_what_the_stop_left() {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let data_dir = folder.path().join("data");
+        let files = folder.path().join("files");
+        let path = folder.path().join("epm-agent.toml");
+        std::fs::write(&path, config(&data_dir, &files, &["entrance"])).expect("write");
+        let settings = config::load(&path).expect("the configuration");
+        let shutdown = CancellationToken::new();
+        let (reload, reloads) = mpsc::unbounded_channel();
+        let agent = tokio::spawn(serve(path.clone(), settings, shutdown.clone(), reloads));
+
+        // The paused clock jumps whenever every task waits, also on the
+        // store's threads: wait for what happened, not for a time.
+        let presses_of = |device: &'static str| {
+            let data_dir = data_dir.clone();
+            move || {
+                Store::open_reader(&data_dir)
+                    .and_then(|store| store.presses_per_device())
+                    .map(|counts| {
+                        counts
+                            .into_iter()
+                            .find(|(name, _)| name == device)
+                            .map_or(0, |(_, presses)| presses)
+                    })
+                    .unwrap_or(0)
+            }
+        };
+        let wait_for = |count: u64, presses: Box<dyn Fn() -> u64>| async move {
+            for _ in 0..100_000 {
+                if presses() >= count {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("fewer than {count} presses");
+        };
+        wait_for(20, Box::new(presses_of("entrance"))).await;
+        std::fs::write(&path, config(&data_dir, &files, &["entrance", "exit"])).expect("write");
+        reload.send(()).expect("the supervisor listens");
+        wait_for(20, Box::new(presses_of("exit"))).await;
+        shutdown.cancel();
+        agent.await.expect("the supervisor").expect("a clean stop");
+
+        // The stop gave the sink its moment (on this clock an instant); what
+        // it had written is exactly what its cursor passed.
+        let store = Store::open_reader(&data_dir).expect("the store");
+        let cursor = store
+            .sink_cursor("files")
+            .expect("the cursor")
+            .delivered_seqno;
+        let passed = store.events_between(1, cursor).expect("events").len();
+        assert_eq!(
+            written(&files).len(),
+            passed,
+            "the sink wrote what its cursor passed"
+        );
+
+        // A restart with no devices delivers the rest.
+        std::fs::write(&path, config(&data_dir, &files, &[])).expect("write");
+        let settings = config::load(&path).expect("the configuration");
+        let shutdown = CancellationToken::new();
+        let (_reload, reloads) = mpsc::unbounded_channel();
+        let agent = tokio::spawn(serve(path.clone(), settings, shutdown.clone(), reloads));
+        let mut caught_up = false;
+        for _ in 0..100_000 {
+            let store = Store::open_reader(&data_dir).expect("the store");
+            let presses = store.presses_per_device().expect("counts");
+            let cursor = store
+                .sink_cursor("files")
+                .expect("the cursor")
+                .delivered_seqno;
+            let total: u64 = presses.iter().map(|(_, count)| count).sum();
+            if total > 0 && store.presses_after(cursor).expect("count") == 0 {
+                caught_up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(caught_up, "the restarted sink delivered every press");
+        shutdown.cancel();
+        agent.await.expect("the supervisor").expect("a clean stop");
+
+        let store = Store::open_reader(&data_dir).expect("the store");
+        let per_device: HashMap<String, u64> = store
+            .presses_per_device()
+            .expect("counts")
+            .into_iter()
+            .collect();
+        assert!(
+            per_device.get("entrance").is_some_and(|&n| n >= 20),
+            "{per_device:?}"
+        );
+        assert!(
+            per_device.get("exit").is_some_and(|&n| n >= 20),
+            "the device the reload added ran: {per_device:?}"
+        );
+        let lines = written(&files);
+        let ids: HashSet<&String> = lines.iter().map(|(_, id)| id).collect();
+        assert_eq!(ids.len(), lines.len(), "each event written once");
+        let presses = lines.iter().filter(|(kind, _)| kind == "press").count() as u64;
+        assert_eq!(
+            presses,
+            per_device.values().sum::<u64>(),
+            "every press delivered once"
+        );
+        let statuses = lines
+            .iter()
+            .filter(|(kind, _)| kind == "agent_status")
+            .count();
+        // The first run's start, device change and stop at least (the
+        // second run's own may still be on their way when it stops).
+        assert!(statuses >= 2, "status events: {statuses}");
+    }
+}
