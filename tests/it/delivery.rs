@@ -361,30 +361,44 @@ fn answers_are_read_so_one_connection_carries_every_batch() {
     );
 }
 
-#[test]
-fn a_rejected_event_is_dead_lettered_alone_and_the_rest_go_on_in_store_order() {
-    // Poison where a batch starts, in its middle, at its end, and twice in
-    // a row.
-    const POISON: [usize; 5] = [0, 7, 15, 40, 41];
-    let backend = Backend::start(Expect::plain(Format::Ndjson));
-    backend.set_plan(|incoming: &Incoming<'_>| {
+/// Runs `presses` against `backend` answering `status` to every request
+/// that holds a poison event (and accepting the rest) until the sink's
+/// cursor is past the last press with nothing in flight; then stops the
+/// agent.
+fn refuse_poison(
+    backend: &Backend,
+    status: u16,
+    batch_size: usize,
+    presses: Vec<NewPress>,
+) -> (SinkConfig, Case, Agent) {
+    backend.set_plan(move |incoming: &Incoming<'_>| {
         if incoming.has_key(u64::from(POISON_KEY)) {
-            Answer::Status(422)
+            Answer::Status(status)
         } else {
             Answer::Accept
         }
     });
     let sink = SinkConfig {
-        batch_size: 16,
-        ..SinkConfig::new("reporter", &backend)
+        batch_size,
+        ..SinkConfig::new("reporter", backend)
     };
-    let case = Case::new(presses(80, &POISON), std::slice::from_ref(&sink));
+    let case = Case::new(presses, std::slice::from_ref(&sink));
     let mut agent = case.start();
     agent.wait_until(DELIVERY_TIMEOUT, "the cursor past the last press", || {
         case.sink_row(&sink.name)
             .is_some_and(|row| row.delivered_seqno >= case.last_seqno() && row.batch_id.is_none())
     });
     agent.stop();
+    (sink, case, agent)
+}
+
+#[test]
+fn a_rejected_event_is_dead_lettered_alone_and_the_rest_go_on_in_store_order() {
+    // Poison where a batch starts, in its middle, at its end, and twice in
+    // a row.
+    const POISON: [usize; 5] = [0, 7, 15, 40, 41];
+    let backend = Backend::start(Expect::plain(Format::Ndjson));
+    let (sink, case, agent) = refuse_poison(&backend, 422, 16, presses(80, &POISON));
 
     let requests = backend.requests();
     assert_contract_kept(&requests);
@@ -590,24 +604,7 @@ fn an_event_too_large_alone_is_dead_lettered_with_its_413() {
     const POISON: [usize; 2] = [5, 22];
     let backend = Backend::start(Expect::plain(Format::Json));
     // The poison events are too large even alone.
-    backend.set_plan(|incoming: &Incoming<'_>| {
-        if incoming.has_key(u64::from(POISON_KEY)) {
-            Answer::Status(413)
-        } else {
-            Answer::Accept
-        }
-    });
-    let sink = SinkConfig {
-        batch_size: 8,
-        ..SinkConfig::new("reporter", &backend)
-    };
-    let case = Case::new(presses(40, &POISON), std::slice::from_ref(&sink));
-    let mut agent = case.start();
-    agent.wait_until(DELIVERY_TIMEOUT, "the cursor past the last press", || {
-        case.sink_row(&sink.name)
-            .is_some_and(|row| row.delivered_seqno >= case.last_seqno() && row.batch_id.is_none())
-    });
-    agent.stop();
+    let (_sink, case, agent) = refuse_poison(&backend, 413, 8, presses(40, &POISON));
 
     let poison: Vec<(String, i64, Option<u16>)> = case
         .events
