@@ -616,17 +616,18 @@ impl Supervisor {
         let newest = *self.store.committed_seqno().borrow();
         let names: Vec<String> = self.sinks.keys().cloned().collect();
         let deadline = tokio::time::Instant::now() + STOP_EVENT_WAIT;
+        let Ok(mut reader) = AsyncReader::open(data_dir).await else {
+            return;
+        };
         while tokio::time::Instant::now() < deadline {
-            let data_dir = data_dir.clone();
             let names = names.clone();
-            let behind = tokio::task::spawn_blocking(move || {
-                Store::open_reader(&data_dir)?.sinks_behind(&names, newest)
-            })
-            .await;
-            match behind {
-                Ok(Ok(behind)) if behind.is_empty() => return,
-                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
-                _ => return,
+            match reader
+                .read(move |store| store.sinks_behind(&names, newest))
+                .await
+            {
+                Ok(behind) if behind.is_empty() => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => return,
             }
         }
     }
