@@ -30,7 +30,7 @@ pub use devices::{
     DeviceCounters, DeviceReport, DeviceRow, LinkCounters, LinkState, UnitReport, UnitRow,
 };
 pub use events::{AnswerCount, EventSpan, RecentPress, StoredEvent};
-pub use press_counts::{Bucket, Counts};
+pub use press_counts::{Bucket, Counts, Estimate, FEW_ANSWERS};
 pub use retention::Prune;
 pub use sinks::{DeadLetter, InFlightBatch, SinkCursor, SinkRow, SinkState, SinkUpdate};
 pub use snapshot::{DeviceSnapshot, SinkSnapshot, Snapshot};

@@ -26,6 +26,61 @@ pub struct Counts {
     pub detractors: u64,
 }
 
+/// Answers below this many make an index too uncertain to read alone: its
+/// values are marked (`few_answers`).
+pub const FEW_ANSWERS: u64 = 30;
+
+/// z for a two-sided 95 % interval of the normal distribution.
+const Z_95: f64 = 1.959_963_984_540_054;
+
+/// An index (100 × (p+ − p−), IEL or NPS) from one sample, with its 95 %
+/// interval. The variance of a difference of two shares of one sample of
+/// n answers is (p+ + p− − (p+ − p−)²) / n, so the standard error of the
+/// index is 100 × sqrt(that) and the interval is the index ± 1.96 standard
+/// errors (normal approximation), clamped to the index's range −100..100.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+    /// The standard error, in index points.
+    pub standard_error: f64,
+    /// n: the answers the index is computed over.
+    pub answers: u64,
+    /// Fewer than [`FEW_ANSWERS`] answers.
+    pub few_answers: bool,
+}
+
+impl Estimate {
+    /// The index 100 × (plus − minus) / answers; `None` without answers.
+    pub fn of_difference(plus: u64, minus: u64, answers: u64) -> Option<Estimate> {
+        if answers == 0 {
+            return None;
+        }
+        let n = answers as f64;
+        let (p_plus, p_minus) = (plus as f64 / n, minus as f64 / n);
+        let difference = p_plus - p_minus;
+        let variance = ((p_plus + p_minus - difference * difference) / n).max(0.0);
+        let standard_error = 100.0 * variance.sqrt();
+        let value = 100.0 * difference;
+        Some(Estimate {
+            value,
+            low: (value - Z_95 * standard_error).max(-100.0),
+            high: (value + Z_95 * standard_error).min(100.0),
+            standard_error,
+            answers,
+            few_answers: answers < FEW_ANSWERS,
+        })
+    }
+
+    /// Whether `self − earlier` is larger than the noise: the difference of
+    /// two independent samples' indices is outside ±1.96 × sqrt(se₁² + se₂²).
+    pub fn differs_from(&self, earlier: &Estimate) -> bool {
+        let noise = Z_95 * self.standard_error.hypot(earlier.standard_error);
+        (self.value - earlier.value).abs() > noise
+    }
+}
+
 /// What presses are grouped by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bucket {
@@ -52,6 +107,16 @@ impl Counts {
     pub fn nps(&self) -> Option<f64> {
         (self.scores > 0)
             .then(|| 100.0 * (self.promoters as f64 - self.detractors as f64) / self.scores as f64)
+    }
+
+    /// IEL with its 95 % interval, `None` without a yes, neutral or no.
+    pub fn iel_estimate(&self) -> Option<Estimate> {
+        Estimate::of_difference(self.yes, self.no, self.yes + self.neutral + self.no)
+    }
+
+    /// NPS with its 95 % interval, `None` without scores.
+    pub fn nps_estimate(&self) -> Option<Estimate> {
+        Estimate::of_difference(self.promoters, self.detractors, self.scores)
     }
 
     /// Adds `other`'s presses to these.
@@ -164,6 +229,36 @@ fn aggregate_sql(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_interval_is_the_index_plus_minus_two_standard_errors() {
+        // 60 yes, 20 neutral, 20 no: p+ = 0.6, p- = 0.2, variance
+        // (0.8 - 0.16) / 100 = 0.0064, standard error 8 points.
+        let estimate = Estimate::of_difference(60, 20, 100).expect("answers");
+        assert!((estimate.value - 40.0).abs() < 1e-9);
+        assert!((estimate.standard_error - 8.0).abs() < 1e-9);
+        assert!((estimate.low - (40.0 - 1.959_963_984_540_054 * 8.0)).abs() < 1e-9);
+        assert!((estimate.high - (40.0 + 1.959_963_984_540_054 * 8.0)).abs() < 1e-9);
+        assert!(!estimate.few_answers);
+        // All yes: no variance, and the bounds stay inside the range.
+        let all_yes = Estimate::of_difference(10, 0, 10).expect("answers");
+        assert_eq!(
+            (all_yes.low, all_yes.high, all_yes.few_answers),
+            (100.0, 100.0, true)
+        );
+        let wide = Estimate::of_difference(2, 0, 3).expect("answers");
+        assert!(wide.high <= 100.0 && wide.low >= -100.0);
+        assert_eq!(Estimate::of_difference(0, 0, 0), None);
+    }
+
+    #[test]
+    fn a_change_counts_only_beyond_the_noise_of_both_samples() {
+        let this_week = Estimate::of_difference(300, 100, 500).expect("answers"); // 40
+        let forty_less = Estimate::of_difference(100, 100, 500).expect("answers"); // 0
+        let two_less = Estimate::of_difference(295, 105, 500).expect("answers"); // 38
+        assert!(this_week.differs_from(&forty_less));
+        assert!(!this_week.differs_from(&two_less));
+    }
 
     #[test]
     fn a_range_is_read_through_the_time_index() {
