@@ -303,20 +303,32 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 pub fn warnings(settings: &Settings, path: &Path) -> Vec<String> {
     #[cfg_attr(not(unix), allow(unused_mut))] // only Unix has file modes to warn about
     let mut warnings = Vec::new();
-    let holds_token = settings.sinks.iter().any(|sink| {
-        let secret = match &sink.kind {
-            SinkKind::Http(http) => &http.token,
-            SinkKind::Postgres(postgres) => &postgres.password,
-            SinkKind::Mqtt(mqtt) => &mqtt.password,
-            SinkKind::File(_) => &SecretSource::None,
-        };
-        matches!(secret, SecretSource::Inline(_))
-    });
+    let inline_tokens: Vec<&str> = settings
+        .sinks
+        .iter()
+        .filter_map(|sink| {
+            let secret = match &sink.kind {
+                SinkKind::Http(http) => &http.token,
+                SinkKind::Postgres(postgres) => &postgres.password,
+                SinkKind::Mqtt(mqtt) => &mqtt.password,
+                SinkKind::File(_) => &SecretSource::None,
+            };
+            match secret {
+                SecretSource::Inline(token) => Some(token.as_str()),
+                _ => None,
+            }
+        })
+        .collect();
     #[cfg(unix)]
-    if holds_token {
+    if !inline_tokens.is_empty() {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(metadata) = std::fs::metadata(path) {
-            if metadata.permissions().mode() & 0o004 != 0 {
+            // A token that came from `${NAME}` is not in the file.
+            let file_holds_token = || {
+                std::fs::read_to_string(path)
+                    .is_ok_and(|text| inline_tokens.iter().any(|token| text.contains(token)))
+            };
+            if metadata.permissions().mode() & 0o004 != 0 && file_holds_token() {
                 warnings.push(format!(
                     "{} holds a token and every user can read it: chmod 640 it (owner root, group of the service user), \
                      or move the token to token_file",
@@ -326,13 +338,22 @@ pub fn warnings(settings: &Settings, path: &Path) -> Vec<String> {
         }
     }
     #[cfg(not(unix))]
-    let _ = (holds_token, path);
+    let _ = (inline_tokens, path);
     warnings
 }
 
 /// Validates `text` as if read from `path` (used for error messages and to
 /// resolve a relative `data_dir`).
 pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+    parse_with_environment(text, path, &|name| std::env::var(name).ok())
+}
+
+/// [`parse`] with `${NAME}` looked up by `environment`.
+fn parse_with_environment(
+    text: &str,
+    path: &Path,
+    environment: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
     let locate = |span: Option<Range<usize>>, message: String| {
         let (line, column, key) = locate_span(text, span.unwrap_or(0..0));
         ConfigError::Invalid {
@@ -343,10 +364,112 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
             message,
         }
     };
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|error| locate(error.span(), error.message().to_string()))?;
+    let toml_error = |error: toml::de::Error| locate(error.span(), error.message().to_string());
+    let mut document = toml::de::DeTable::parse(text).map_err(toml_error)?;
+    resolve_variables(document.get_mut(), environment)
+        .map_err(|invalid| locate(Some(invalid.span), invalid.message))?;
+    let raw = RawConfig::deserialize(toml::de::Deserializer::from(document)).map_err(toml_error)?;
     let base_dir = path.parent().unwrap_or(Path::new("."));
     validate(raw, base_dir).map_err(|invalid| locate(Some(invalid.span), invalid.message))
+}
+
+/// Replaces `${NAME}` and `${NAME:-default}` in every string value of the
+/// document (keys stay as written) by what `lookup` says, before the
+/// document is read into settings: so every key, a token too, may come from
+/// the environment, and every check after this sees the resolved value.
+fn resolve_variables(
+    table: &mut toml::de::DeTable<'_>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), Invalid> {
+    for (_, value) in table.iter_mut() {
+        resolve_value(value, lookup)?;
+    }
+    Ok(())
+}
+
+fn resolve_value(
+    value: &mut Spanned<toml::de::DeValue<'_>>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), Invalid> {
+    let span = value.span();
+    match value.get_mut() {
+        toml::de::DeValue::String(text) => {
+            if let Some(resolved) =
+                substitute(text, lookup).or_else(|message| invalid(span, message))?
+            {
+                *text = resolved.into();
+            }
+        }
+        toml::de::DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                resolve_value(item, lookup)?;
+            }
+        }
+        toml::de::DeValue::Table(table) => resolve_variables(table, lookup)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `text` with its variables replaced, or `None` when it holds none.
+/// `${NAME:-default}` takes the default when NAME is unset or empty, as a
+/// shell does (`${NAME}` of an empty NAME is empty); `$${` stands for a literal `${`; a `$` anywhere else is
+/// itself. The default is literal text up to the first `}`.
+fn substitute(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, String> {
+    if !text.contains("${") {
+        return Ok(None);
+    }
+    let mut resolved = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('$') {
+        resolved.push_str(&rest[..start]);
+        let after = &rest[start..];
+        if let Some(escaped) = after.strip_prefix("$${") {
+            resolved.push_str("${");
+            rest = escaped;
+            continue;
+        }
+        let Some(reference) = after.strip_prefix("${") else {
+            resolved.push('$');
+            rest = &after[1..];
+            continue;
+        };
+        let Some((inside, after_reference)) = reference.split_once('}') else {
+            return Err(format!(
+                "`${{` without a closing `}}` in \"{text}\" (write $${{ for a literal ${{)"
+            ));
+        };
+        let (name, default) = match inside.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (inside, None),
+        };
+        let mut chars = name.chars();
+        let is_name = chars
+            .next()
+            .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+            && chars.all(|rest| rest.is_ascii_alphanumeric() || rest == '_');
+        if !is_name {
+            return Err(format!(
+                "\"${{{inside}}}\" is not a variable (expected ${{NAME}} or ${{NAME:-default}}, NAME of letters, digits and _)"
+            ));
+        }
+        match (lookup(name), default) {
+            (Some(value), None) => resolved.push_str(&value),
+            (Some(value), Some(_)) if !value.is_empty() => resolved.push_str(&value),
+            (_, Some(default)) => resolved.push_str(default),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set: set it, or give a default (${{{name}:-value}})"
+                ))
+            }
+        }
+        rest = after_reference;
+    }
+    resolved.push_str(rest);
+    Ok(Some(resolved))
 }
 
 /// A semantic error found after parsing, at a span of the text.
@@ -1293,4 +1416,79 @@ fn floor_char_boundary(text: &str, mut index: usize) -> usize {
         index -= 1;
     }
     index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `text` with the variables SHOP=017 and EMPTY="" (nothing else is set).
+    fn check(text: &str, expected: Result<Option<&str>, &str>) {
+        let lookup = |name: &str| match name {
+            "SHOP" => Some("017".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let found = substitute(text, &lookup);
+        match (&found, expected) {
+            (Ok(found), Ok(expected)) => assert_eq!(found.as_deref(), expected, "{text:?}"),
+            (Err(message), Err(part)) => {
+                assert!(
+                    message.contains(part),
+                    "{text:?}: {message:?} lacks {part:?}"
+                )
+            }
+            _ => panic!("{text:?}: {found:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn variables_are_replaced_as_a_shell_would() {
+        check("shop-017", Ok(None));
+        check("cost $5", Ok(None));
+        check("${SHOP}", Ok(Some("017")));
+        check("shop-${SHOP}-a", Ok(Some("shop-017-a")));
+        check("${SHOP}${SHOP}", Ok(Some("017017")));
+        check("${SHOP:-x}", Ok(Some("017")));
+        check("${UNSET:-fallback}", Ok(Some("fallback")));
+        check("${UNSET:-}", Ok(Some("")));
+        check("${UNSET:-a b:c}", Ok(Some("a b:c")));
+        check("${EMPTY}", Ok(Some("")));
+        check("${EMPTY:-used}", Ok(Some("used")));
+        check("$${SHOP}", Ok(Some("${SHOP}")));
+        check("$$${SHOP}", Ok(Some("$${SHOP}"))); // a lone $, then the escape
+        check("a $ then ${SHOP}", Ok(Some("a $ then 017")));
+        check("${UNSET}", Err("environment variable UNSET is not set"));
+        check("x ${UNSET} y", Err("${UNSET:-value}"));
+        check("${SHOP", Err("without a closing `}`"));
+        check("${}", Err("is not a variable"));
+        check("${1X}", Err("is not a variable"));
+        check("${SHOP-x}", Err("is not a variable"));
+    }
+
+    #[test]
+    fn variables_are_resolved_in_every_string_value_and_located_when_unset() {
+        let text = "[agent]\nid = \"shop-${SHOP}\"\ndata_dir = \"/tmp/epm\"\n\n[[device]]\nname = \"entrance\"\nmodel = \"prolan-501\"\nport = \"${PORT:-/dev/ttyACM0}\"\nkeymap = { 1 = \"${ANSWER_1:-yes}\", 3 = \"${SHOP}\" }\n";
+        let environment = |name: &str| (name == "SHOP").then(|| "017".to_string());
+        let settings =
+            parse_with_environment(text, Path::new("/t.toml"), &environment).expect("valid");
+        assert_eq!(settings.agent.id, "shop-017");
+        assert_eq!(
+            settings.devices[0].port,
+            PortSetting::Path("/dev/ttyACM0".into())
+        );
+        assert_eq!(settings.devices[0].keymap[&1], "yes");
+        assert_eq!(settings.devices[0].keymap[&3], "017");
+
+        let unset = text.replace("shop-${SHOP}", "${NOT_SET_HERE}");
+        match parse_with_environment(&unset, Path::new("/t.toml"), &environment) {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => {
+                assert_eq!((line, key.as_str()), (2, "agent.id"), "{message}");
+                assert!(message.contains("NOT_SET_HERE"), "{message}");
+            }
+            other => panic!("expected a located error, got {other:?}"),
+        }
+    }
 }

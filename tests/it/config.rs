@@ -407,3 +407,54 @@ fn a_file_with_an_inline_token_that_others_can_read_is_warned_about() {
     );
     assert!(!check(0o640).contains("every user can read it"));
 }
+
+/// `${NAME}` through the real command: one file for a fleet, its token from
+/// the environment and never printed; an unset variable is located.
+#[cfg(unix)]
+#[test]
+fn config_check_resolves_variables_and_names_an_unset_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[agent]\nid = \"shop-${EPM_TEST_SHOP}\"\ndata_dir = \"${EPM_TEST_DATA:-/tmp/epm-fleet}\"\n\n\
+         [[sink]]\nname = \"r\"\nkind = \"http\"\nurl = \"https://r.example/\"\ntoken = \"${EPM_TEST_FLEET_TOKEN}\"\n",
+    )
+    .expect("write");
+    // Every user may read it: it holds no token, only the variable's name.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let check = |variables: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_epm-agent"));
+        command.args(["config", "check", "--config"]).arg(&config);
+        for name in ["EPM_TEST_SHOP", "EPM_TEST_DATA", "EPM_TEST_FLEET_TOKEN"] {
+            command.env_remove(name);
+        }
+        command.envs(variables.iter().copied());
+        let output = command.output().expect("run epm-agent");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), all)
+    };
+
+    let (code, all) = check(&[
+        ("EPM_TEST_SHOP", "017"),
+        ("EPM_TEST_FLEET_TOKEN", "tok-1618033988"),
+    ]);
+    assert_eq!(code, Some(0), "{all}");
+    assert!(all.contains("data in /tmp/epm-fleet"), "{all}");
+    assert!(!all.contains("tok-1618033988"), "{all}");
+    assert!(!all.contains("every user can read it"), "{all}");
+
+    let (code, all) = check(&[("EPM_TEST_SHOP", "017")]);
+    assert_eq!(code, Some(2), "{all}");
+    assert!(
+        all.contains(":9:")
+            && all.contains("sink[1].token")
+            && all.contains("EPM_TEST_FLEET_TOKEN"),
+        "{all}"
+    );
+}
