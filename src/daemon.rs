@@ -61,7 +61,7 @@ fn take_data_dir(data_dir: &Path) -> Result<DataDirLock, Unusable> {
     if let Err(StoreError::CreateDir { source, .. }) = store::create_private_dir(data_dir) {
         let hint = match source.kind() {
             std::io::ErrorKind::PermissionDenied => format!(
-                " (the agent runs as {user}: create it for that user, e.g. `install -d -o {user} -m 700 {shown}`)",
+                " (the agent runs as {user}: create it for that user, e.g. `install -d -o {user} -m 750 {shown}`)",
                 user = current_user()
             ),
             _ => io_hint(&source, data_dir),
@@ -96,7 +96,29 @@ fn take_data_dir(data_dir: &Path) -> Result<DataDirLock, Unusable> {
             )));
         }
     }
+    warn_if_open_to_everyone(data_dir);
     Ok(lock)
+}
+
+/// A `data_dir` made before the agent (by hand, by an older package) may
+/// let every user in: the presses are the shop's customers' answers.
+fn warn_if_open_to_everyone(data_dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(data_dir) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o007 != 0 {
+                tracing::warn!(
+                    "data_dir {} is open to every user (mode {mode:04o}): `chmod 750 {}` (the service user writes, its group reads)",
+                    data_dir.display(),
+                    data_dir.display()
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = data_dir;
 }
 
 /// The fix for a file system error on `path`, when one is known.

@@ -34,14 +34,47 @@ pub fn open_store_for_change(data_dir: &Path) -> anyhow::Result<Store> {
 
 fn ensure_store_exists(data_dir: &Path) -> anyhow::Result<()> {
     let path = data_dir.join(DATABASE_FILE);
-    std::fs::metadata(&path)
-        .map(|_| ())
-        .with_context(|| {
+    match std::fs::File::open(&path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => anyhow::bail!(
+            "cannot read the store {}: permission denied ({})",
+            path.display(),
+            access_hint(data_dir)
+        ),
+        Err(error) => Err(error).with_context(|| {
             format!(
                 "no store at {} (has the agent run with this configuration? is --config the right file?)",
                 path.display()
             )
-        })
+        }),
+    }
+}
+
+/// Who may read the store: the service user and the members of the
+/// `data_dir`'s group (`epm-agent` as the package installs it).
+#[cfg(unix)]
+fn access_hint(data_dir: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    // A group without a name (ids from another machine) goes by its number,
+    // which usermod takes too; an unreachable folder by the package's name.
+    let group = std::fs::metadata(data_dir).map_or_else(
+        |_| "epm-agent".to_string(),
+        |metadata| {
+            let gid = nix::unistd::Gid::from_raw(metadata.gid());
+            match nix::unistd::Group::from_gid(gid) {
+                Ok(Some(group)) => group.name,
+                _ => gid.to_string(),
+            }
+        },
+    );
+    format!(
+        "is this user in the {group} group? `sudo usermod -aG {group} USER`, then log in again; or run it as root"
+    )
+}
+
+#[cfg(not(unix))]
+fn access_hint(_data_dir: &Path) -> String {
+    "run it as an administrator, or as the service's account".to_string()
 }
 
 /// Whether stdout is a terminal that wants colour (`NO_COLOR` not set).

@@ -242,6 +242,7 @@ impl Store {
                 source,
             })?;
         connection.busy_timeout(Duration::from_secs(10))?;
+        keep_wal_files(&connection)?;
         Ok(Store { connection, path })
     }
 
@@ -276,6 +277,7 @@ impl Store {
         // WAL: readers never block the writer. FULL: a commit survives a
         // power cut, which is the whole promise of the store.
         self.connection.pragma_update(None, "journal_mode", "WAL")?;
+        keep_wal_files(&self.connection)?;
         self.connection.pragma_update(None, "synchronous", "FULL")?;
         self.connection.busy_timeout(Duration::from_secs(5))?;
         Ok(())
@@ -325,35 +327,75 @@ impl Store {
     }
 }
 
-/// The data directory holds customer answers: owner only on Unix.
-/// Creates `path` (and its parents) owner-only, if missing.
+/// The data directory holds customer answers: on Unix the owner (the
+/// service user) writes, its group reads (so a monitoring user in that
+/// group can run `status`), everyone else is kept out.
+/// Creates `path` (and its parents) like that, if missing; an existing
+/// folder keeps the mode it has.
 pub fn create_private_dir(path: &Path) -> Result<(), StoreError> {
-    let result = {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(path)
-        }
-        #[cfg(not(unix))]
-        {
-            std::fs::create_dir_all(path)
-        }
-    };
-    result.map_err(|source| StoreError::CreateDir {
+    let failed = |source| StoreError::CreateDir {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if path.is_dir() {
+            return Ok(());
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DATA_DIR_MODE)
+            .create(path)
+            .map_err(failed)?;
+        // The mode above is cut by the umask (systemd's UMask=, a shell's
+        // 077): say it once more, as meant.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(DATA_DIR_MODE))
+            .map_err(failed)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(path).map_err(failed)
+    }
 }
 
+/// Makes the last writing connection to close leave `-wal` and `-shm` in
+/// place (checkpointed, not deleted). A read-only reader that may not
+/// create files in `data_dir` (a monitoring user in the service's group)
+/// can open a WAL database only when both exist, also while no agent runs.
+/// Every connection that may write sets it: whichever closes last decides.
+pub fn keep_wal_files(connection: &Connection) -> Result<(), StoreError> {
+    let mut persist = 1;
+    connection.file_control(
+        Some(rusqlite::MAIN_DB),
+        rusqlite::FileControl::PersistWal(&mut persist),
+    )?;
+    Ok(())
+}
+
+/// `rwxr-x---`: the service user writes, its group reads, no one else.
+#[cfg(unix)]
+pub const DATA_DIR_MODE: u32 = 0o750;
+/// `rw-r-----`, for the database and its `-wal` and `-shm` files (SQLite
+/// gives new side files the database's mode): a reader needs all three.
+#[cfg(unix)]
+pub const STORE_FILE_MODE: u32 = 0o640;
+
+/// Gives the database and the side files that exist [`STORE_FILE_MODE`]
+/// (a store made by an older agent had them owner-only).
 fn restrict_file_permissions(path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        // Best effort: a store on a filesystem without modes still works.
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        for file in [
+            path.to_path_buf(),
+            recovery::with_suffix(path, "-wal"),
+            recovery::with_suffix(path, "-shm"),
+        ] {
+            // Best effort: a store on a filesystem without modes still works.
+            let _ =
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(STORE_FILE_MODE));
+        }
     }
     #[cfg(not(unix))]
     let _ = path;

@@ -457,7 +457,7 @@ fn salvage_copy_path(path: &Path) -> PathBuf {
 }
 
 /// `path` with `suffix` appended to its file name (`x.db` → `x.db-wal`).
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = OsString::from(path.as_os_str());
     name.push(suffix);
     PathBuf::from(name)

@@ -269,6 +269,7 @@ pub fn spawn(
         .map_err(StoreError::Thread)?;
     let checkpoints = rusqlite::Connection::open(store.path())?;
     checkpoints.busy_timeout(Duration::from_secs(5))?;
+    super::keep_wal_files(&checkpoints)?;
     let (stop_checkpoints, checkpoint_stop) = std::sync::mpsc::channel::<()>();
     let checkpointer = std::thread::Builder::new()
         .name("store-checkpoint".into())

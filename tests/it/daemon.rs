@@ -479,3 +479,45 @@ fn a_data_dir_on_a_read_only_mount_exits_2_and_leaves_nothing() {
         }
     }
 }
+
+/// A data_dir every user may enter (made by hand with the default umask)
+/// still works, and the log says how to close it.
+#[cfg(unix)]
+#[test]
+fn a_data_dir_open_to_everyone_is_warned_about() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path());
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).expect("mkdir");
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    let stderr = agent.stderr.take().expect("stderr");
+    let (found, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("open to every user") {
+                let _ = found.send(line);
+            }
+        }
+    });
+    let line = seen.recv_timeout(Duration::from_secs(20));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let line = line.expect("a warning about the data_dir's mode within 20 s");
+    assert!(
+        line.contains("WARN")
+            && line.contains("mode 0755")
+            && line.contains(&format!("chmod 750 {}", data_dir.display())),
+        "{line}"
+    );
+}

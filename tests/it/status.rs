@@ -386,6 +386,21 @@ fn no_store_or_no_config_is_unknown() {
     assert_eq!(output.status.code(), Some(3));
 }
 
+/// `<dir>/agent.toml`: one simulator pressing 10 times a second, its store
+/// in `data_dir`.
+fn simulator_config(dir: &Path, data_dir: &Path) -> PathBuf {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nid = \"t\"\ndata_dir = \"{}\"\n\n[[device]]\nname = \"sim\"\nmodel = \"simulator\"\nsim_presses_per_min = 600\n",
+            data_dir.display()
+        ),
+    )
+    .expect("config");
+    config
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -397,15 +412,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn a_real_daemon_is_seen_running_and_then_dead() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nid = \"t\"\ndata_dir = \"{}\"\n\n[[device]]\nname = \"sim\"\nmodel = \"simulator\"\nsim_presses_per_min = 600\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .expect("config");
+    let config = simulator_config(dir.path(), &dir.path().join("data"));
     let status = |config: &Path| -> (i32, Value) {
         let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
             .args(["status", "--json", "--config"])
@@ -442,6 +449,123 @@ fn a_real_daemon_is_seen_running_and_then_dead() {
         value["problems"][0]
             .as_str()
             .is_some_and(|problem| problem.contains("died")),
+        "{value:#}"
+    );
+}
+
+/// `status` for a monitoring user (Zabbix, Telegraf): a member of the
+/// service's group reads the store, running and stopped; anyone else is
+/// told why. The agent runs as a service user under `umask 077`, as
+/// systemd's unit may, and still gives its group read access.
+#[cfg(target_os = "linux")]
+#[test]
+fn status_works_for_the_service_group_and_says_why_for_anyone_else() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::getuid().is_root() {
+        return; // running as other users needs root
+    }
+    // Numeric ids need no users or groups on this machine.
+    const SERVICE_USER: u32 = 4243;
+    const SERVICE_GROUP: u32 = 4242;
+    const MONITOR_USER: u32 = 4244;
+    const MONITOR_GROUP: u32 = 4245;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = dir.path().join("lib");
+    std::fs::create_dir(&home).expect("mkdir");
+    nix::unistd::chown(&home, Some(SERVICE_USER.into()), Some(SERVICE_GROUP.into()))
+        .expect("chown");
+    let data_dir = home.join("epm-agent");
+    let config = simulator_config(dir.path(), &data_dir);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let as_user = |user: u32, group: u32, groups: Option<u32>| {
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--reuid={user}"))
+            .arg(format!("--regid={group}"));
+        match groups {
+            Some(groups) => command.arg(format!("--groups={groups}")),
+            None => command.arg("--clear-groups"),
+        };
+        command
+    };
+    let status = |mut command: Command| -> (i32, Value, String) {
+        let output = command
+            .arg(env!("CARGO_BIN_EXE_epm-agent"))
+            .args(["status", "--json", "--config"])
+            .arg(&config)
+            .output()
+            .expect("status");
+        (
+            output.status.code().unwrap_or(-1),
+            serde_json::from_slice(&output.stdout).unwrap_or(Value::Null),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let member = || as_user(MONITOR_USER, MONITOR_GROUP, Some(SERVICE_GROUP));
+    let stranger = || as_user(MONITOR_USER, MONITOR_GROUP, None);
+
+    let agent = as_user(SERVICE_USER, SERVICE_GROUP, None)
+        .args(["sh", "-c", "umask 077 && exec \"$0\" run --config \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_epm-agent"))
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    wait_for("status ok with presses, read by a group member", || {
+        let (code, value, _) = status(member());
+        code == 0
+            && value["devices"][0]["presses"]
+                .as_u64()
+                .is_some_and(|presses| presses > 0)
+    });
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .map(|metadata| metadata.permissions().mode() & 0o777)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+    };
+    assert_eq!(mode(&data_dir), 0o750, "the data_dir, despite umask 077");
+    for file in ["epm-agent.db", "epm-agent.db-wal", "epm-agent.db-shm"] {
+        assert_eq!(mode(&data_dir.join(file)), 0o640, "{file}");
+    }
+
+    let (code, value, stderr) = status(stranger());
+    assert_eq!(code, 3, "unknown: {value} {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot read the store {}: permission denied",
+            data_dir.join("epm-agent.db").display()
+        )) && stderr.contains(&format!("in the {SERVICE_GROUP} group")),
+        "{stderr}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agent.id()).expect("a pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("stop the agent");
+    let stopped = agent.wait_with_output().expect("reaped");
+    let log = String::from_utf8_lossy(&stopped.stderr);
+    assert!(stopped.status.success(), "a clean stop: {log}");
+    assert!(
+        !log.contains("open to every user"),
+        "0750 is as meant: {log}"
+    );
+    // A stopped agent's store too: its -wal and -shm stay for the readers.
+    let (code, value, stderr) = status(member());
+    assert_eq!(
+        (
+            code,
+            value["health"].as_str(),
+            value["daemon"]["running"].as_bool()
+        ),
+        (2, Some("critical"), Some(false)),
+        "{value:#} {stderr}"
+    );
+    assert!(
+        value["devices"][0]["presses"]
+            .as_u64()
+            .is_some_and(|presses| presses > 0),
         "{value:#}"
     );
 }

@@ -59,7 +59,11 @@ fn a_new_store_is_private_and_at_the_current_schema() {
             .permissions()
             .mode()
             & 0o777;
-        assert_eq!((dir_mode, file_mode), (0o700, 0o600));
+        assert_eq!(
+            (dir_mode, file_mode),
+            (0o750, 0o640),
+            "the service user writes, its group reads, no one else"
+        );
     }
     drop(store);
     // Opening again runs no migration twice.
