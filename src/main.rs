@@ -1,7 +1,6 @@
 //! The `epm-agent` command line (`shared/spec/agent-interface.md`). `main`
 //! returns an exit code; everything below returns `Result`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -297,10 +296,11 @@ fn config_failure(error: &ConfigError) -> ExitCode {
 fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
-    // Colour only for a person at a terminal, not for journald or a file.
+    // Colour only for a person at a terminal, not for journald or a file,
+    // and not with NO_COLOR.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(commands::wants_colour(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if settings.log.json {
         builder.json().init();
@@ -317,6 +317,7 @@ fn init_demo_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,epm_agent::sink=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(commands::wants_colour(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

@@ -77,9 +77,16 @@ fn access_hint(_data_dir: &Path) -> String {
     "run it as an administrator, or as the service's account".to_string()
 }
 
-/// Whether stdout is a terminal that wants colour (`NO_COLOR` not set).
+/// Whether stdout is a terminal that wants colour.
 pub fn stdout_wants_colour() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    wants_colour(&std::io::stdout())
+}
+
+/// Whether a person reads `stream` and wants colour: it is a terminal and
+/// `NO_COLOR` is unset or empty (no-color.org). The one rule for tables,
+/// the demo's view and `run`'s log.
+pub fn wants_colour(stream: &impl IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
 /// Whether `error` is a write to a closed pipe (`epm-agent tail | head`),

@@ -3,7 +3,7 @@
 //! the devices' state), as `status` would, rather than hooking into the
 //! daemon, and prints one line per press, per device state change and per
 //! answered upload (from the backend's notices). Colour only on a terminal,
-//! and never with `NO_COLOR` set.
+//! and never with `NO_COLOR` set (to anything but empty).
 //!
 //! After each look it publishes how far storing and uploading have come,
 //! which the demo waits on before it stops the agent.
@@ -51,11 +51,10 @@ pub struct Painter {
 }
 
 impl Painter {
-    /// Colour when stdout is a terminal and `NO_COLOR` is not set.
+    /// Colour when stdout is a terminal and `NO_COLOR` is unset or empty.
     pub fn for_stdout() -> Painter {
-        use std::io::IsTerminal;
         Painter {
-            colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            colour: crate::commands::stdout_wants_colour(),
         }
     }
 

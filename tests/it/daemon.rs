@@ -521,3 +521,62 @@ fn a_data_dir_open_to_everyone_is_warned_about() {
         "{line}"
     );
 }
+
+/// `run`'s log on a terminal: coloured, unless NO_COLOR is set to anything
+/// but empty (no-color.org). The agent's stderr is a pseudo-terminal.
+#[cfg(unix)]
+#[test]
+fn the_log_on_a_terminal_is_coloured_unless_no_color_is_set() {
+    use std::io::Read;
+    let log_on_terminal = |no_color: Option<&str>| -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = write_config(dir.path());
+        let pair = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_epm-agent"));
+        command
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("NO_COLOR")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(pair.slave));
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let mut agent = command.spawn().expect("start agent");
+        drop(command); // our copy of the slave: the master ends when the agent does
+        let (chunks, received) = std::sync::mpsc::channel();
+        let mut master = std::fs::File::from(pair.master);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            // EIO once the agent, the last holder of the slave, is gone.
+            while let Ok(read @ 1..) = master.read(&mut buffer) {
+                if chunks.send(buffer[..read].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !String::from_utf8_lossy(&log).contains("INFO") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match received.recv_timeout(left) {
+                Ok(chunk) => log.extend(chunk),
+                Err(_) => break,
+            }
+        }
+        let _ = agent.kill();
+        let _ = agent.wait();
+        let log = String::from_utf8_lossy(&log).into_owned();
+        assert!(log.contains("INFO"), "an info line within 20 s: {log:?}");
+        log
+    };
+    assert!(log_on_terminal(None).contains("\x1b["), "coloured");
+    assert!(
+        log_on_terminal(Some("")).contains("\x1b["),
+        "an empty NO_COLOR is unset"
+    );
+    let plain = log_on_terminal(Some("1"));
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+}
