@@ -130,6 +130,12 @@ check_contents() {
         expect_entry "$listing" -rw-r--r-- "usr/share/doc/epm-agent/$doc"
     done
     expect_entry "$listing" -rw-r--r-- usr/share/doc/epm-agent/docs/install.md
+    # Shell completions and the manual page (dist/, scripts/dist-files.sh);
+    # cargo-deb compresses the manual page.
+    expect_entry "$listing" -rw-r--r-- usr/share/bash-completion/completions/epm-agent
+    expect_entry "$listing" -rw-r--r-- usr/share/zsh/vendor-completions/_epm-agent
+    expect_entry "$listing" -rw-r--r-- usr/share/fish/vendor_completions.d/epm-agent.fish
+    expect_entry "$listing" -rw-r--r-- usr/share/man/man1/epm-agent.1.gz
 }
 
 check_control() {
@@ -172,6 +178,11 @@ check_installed_files() {
         || fail "the packaged configuration differs from config/epm-agent.toml"
     log "the packaged binary: --version, config check on the packaged configuration"
     "$root/usr/bin/epm-agent" --version
+    # The packaged manual page and completions are this binary's.
+    zcat "$root/usr/share/man/man1/epm-agent.1.gz" | cmp -s - <("$root/usr/bin/epm-agent" man) \
+        || fail "the packaged manual page differs from \`epm-agent man\` (run scripts/dist-files.sh)"
+    cmp -s "$root/usr/share/bash-completion/completions/epm-agent" <("$root/usr/bin/epm-agent" completions bash) \
+        || fail "the packaged bash completions differ from \`epm-agent completions bash\` (run scripts/dist-files.sh)"
     # The example's token_env is unset here: config check warns, and passes.
     "$root/usr/bin/epm-agent" config check --config "$root/etc/epm-agent/epm-agent.toml" \
         || fail "the shipped configuration does not pass config check"

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 mod commands;
@@ -73,6 +73,15 @@ enum Command {
         #[command(subcommand)]
         action: service::ServiceAction,
     },
+    /// Shell completions on stdout (the package's files are made with it).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout (the package's file is made with it).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -99,6 +108,36 @@ enum ConfigAction {
     /// Validate the file: exit 0, or name the line and key that is wrong and exit 2.
     Check,
 }
+
+/// What the manual page says beyond the options clap knows (roff).
+const MAN_PAGE_END: &str = r#".SH "EXIT STATUS"
+\fBstatus\fR: 0 ok, 1 warning, 2 critical, 3 unknown (the configuration or the store cannot be read).
+.br
+\fBrun\fR and \fBconfig check\fR: 2 when the configuration, the data_dir or the store's permissions cannot be used.
+.br
+Every other command: 0 done, 2 the configuration cannot be used, 1 any other error.
+.SH ENVIRONMENT
+.TP
+\fBEPM_AGENT_CONFIG\fR
+The configuration file when \fB\-\-config\fR is not given.
+.TP
+\fBRUST_LOG\fR
+A log filter that overrides \fB[log] level\fR.
+.TP
+\fBNO_COLOR\fR
+Set to anything but the empty string: no colour in tables, the demo's view or the log.
+.PP
+Any string value of the configuration may use \fB${NAME}\fR or \fB${NAME:\-default}\fR: the environment variable, replaced when the file is loaded.
+.SH FILES
+.TP
+\fI/etc/epm\-agent/epm\-agent.toml\fR
+The configuration (every key: \fI/usr/share/doc/epm\-agent/examples/epm\-agent.toml\fR).
+.TP
+\fI/var/lib/epm\-agent/epm\-agent.db\fR
+The store (with \fI\-wal\fR and \fI\-shm\fR); members of the group \fBepm\-agent\fR may read it, for \fBstatus\fR.
+.SH "SEE ALSO"
+\fI/usr/share/doc/epm\-agent/docs/install.md\fR, \fI/usr/share/doc/epm\-agent/docs/interface.md\fR
+"#;
 
 /// Exit code of a configuration that cannot be used (`config check`, `run`).
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -225,6 +264,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Completions { shell } => {
+            // Into memory first: `generate` panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "epm-agent", &mut script);
+            let written = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
+            command_result(written.map_err(anyhow::Error::from))
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            let rendered = clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map(|()| page.extend_from_slice(MAN_PAGE_END.as_bytes()))
+                .and_then(|()| std::io::Write::write_all(&mut std::io::stdout().lock(), &page));
+            command_result(rendered.map_err(anyhow::Error::from))
+        }
         Command::Demo { duration_s, flaky } => {
             init_demo_logging();
             let options = DemoOptions {

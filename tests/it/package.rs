@@ -149,3 +149,43 @@ fn maintainer_scripts_are_executable_valid_sh() {
         assert!(text.contains("\nset -e\n"), "{script} sets -e");
     }
 }
+
+/// The completions and the manual page in dist/ are what this binary makes
+/// (they are committed so that `cargo deb` needs no build step).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_shipped_completions_and_man_page_are_current() {
+    for (arguments, file) in [
+        (
+            &["completions", "bash"][..],
+            "dist/completions/epm-agent.bash",
+        ),
+        (&["completions", "zsh"][..], "dist/completions/_epm-agent"),
+        (
+            &["completions", "fish"][..],
+            "dist/completions/epm-agent.fish",
+        ),
+        (&["man"][..], "dist/man/epm-agent.1"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+            .args(arguments)
+            .output()
+            .expect("run epm-agent");
+        assert!(output.status.success(), "epm-agent {arguments:?}");
+        let made = String::from_utf8(output.stdout).expect("text");
+        assert!(
+            made.contains("deadletter") && made.contains("config"),
+            "{file}: the commands are in it"
+        );
+        let shipped = std::fs::read_to_string(repository().join(file)).unwrap_or_default();
+        assert!(
+            made == shipped,
+            "{file} differs from `epm-agent {}`: run scripts/dist-files.sh and commit dist/",
+            arguments.join(" ")
+        );
+        assert!(
+            assets().iter().any(|(source, _, _)| source == file),
+            "{file} is not among the package's assets"
+        );
+    }
+}
