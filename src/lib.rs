@@ -24,3 +24,5 @@ pub mod simulator;
 pub mod sink;
 pub mod status;
 pub mod store;
+#[cfg(windows)]
+pub mod windows;

@@ -514,7 +514,12 @@ fn free_disk_bytes(path: &Path) -> Option<u64> {
     Some(available.saturating_mul(fragment))
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+fn free_disk_bytes(path: &Path) -> Option<u64> {
+    crate::windows::free_disk_bytes(path)
+}
+
+#[cfg(not(any(unix, windows)))]
 fn free_disk_bytes(_path: &Path) -> Option<u64> {
     None
 }

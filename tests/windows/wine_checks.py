@@ -273,6 +273,11 @@ def main():
                          f"{store.get('path')}, device {device.get('name')} on {device.get('port')}: "
                          f"{device.get('presses')} presses, {device.get('duplicates')} duplicates, "
                          f"firmware {device.get('firmware')}" if good else json.dumps(status, indent=1)[:3000])
+            # GetDiskFreeSpaceExW under the store's folder: a number, so
+            # the "disk almost full" rule can see a full disk on Windows.
+            free = store.get("free_disk_bytes")
+            checks.check("status --json measures the free disk", isinstance(free, int) and free > 0,
+                         f"free_disk_bytes {free!r}")
         if not options.no_service:
             service_checks(wine, exe, receiver, checks, program_data)
     finally:
