@@ -23,6 +23,8 @@ pub mod tls;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
@@ -309,10 +311,18 @@ impl SinkTask {
             }
             return Ok(None);
         }
-        if events.len() < limit {
-            // Let a partial batch fill for up to flush_interval: a busy shop
-            // sends full batches, a quiet one still sends within a second.
-            let deadline = tokio::time::Instant::now() + self.settings.flush_interval;
+        let waited = events
+            .first()
+            .and_then(|oldest| DateTime::parse_from_rfc3339(&oldest.event.ts).ok())
+            .and_then(|oldest_ts| (Utc::now() - oldest_ts.to_utc()).to_std().ok())
+            .unwrap_or_default();
+        let fill_for = self.settings.flush_interval.saturating_sub(waited);
+        if events.len() < limit && !fill_for.is_zero() {
+            // Let a partial batch fill until its oldest event has waited
+            // flush_interval: a busy shop sends full batches, a quiet one
+            // still sends within a second, and what already waited (the
+            // end of a backlog, presses kept through an outage) goes now.
+            let deadline = tokio::time::Instant::now() + fill_for;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(None),

@@ -171,4 +171,54 @@ mod tests {
         }
         assert_eq!(delivered_through, *first.seqnos.last().expect("events"));
     }
+
+    /// A partial batch waits for more until its oldest event has waited
+    /// `flush_interval`, counted from when the press was read: fresh
+    /// presses wait the whole interval, presses kept through an outage or
+    /// behind a backlog go at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_batch_waits_only_until_its_oldest_event_has_waited_the_interval() {
+        let settings = settings();
+        for (age, expected_wait) in [
+            (Duration::ZERO, settings.flush_interval),
+            (settings.flush_interval / 4, settings.flush_interval * 3 / 4),
+            (Duration::from_secs(30), Duration::ZERO),
+        ] {
+            let folder = tempfile::tempdir().expect("a temporary folder");
+            let store = Store::open_writer(folder.path()).expect("a store");
+            let (handle, _writer) = writer::spawn(store, Default::default()).expect("the writer");
+            for seq in 1..=3 {
+                let mut press = press(seq);
+                press.ts -= age;
+                handle.press(press, None).await.expect("queued");
+            }
+            handle.flush().await.expect("committed");
+            let (scripted, attempts, attempted) = Scripted::new(Vec::new());
+            let shutdown = CancellationToken::new();
+            let started = Instant::now();
+            let task = tokio::spawn(sink::run(
+                settings.clone(),
+                Transport::Scripted(scripted),
+                folder.path().to_path_buf(),
+                handle.clone(),
+                shutdown.clone(),
+            ));
+            attempted.notified().await;
+            shutdown.cancel();
+            task.await.expect("the sink task").expect("no store error");
+            let attempt = attempts.lock().unwrap_or_else(PoisonError::into_inner)[0].clone();
+            assert_eq!(
+                attempt.seqnos,
+                vec![1, 2, 3],
+                "one partial batch (age {age:?})"
+            );
+            let waited = attempt.at - started;
+            // The wall clock moved a little while the presses were stored.
+            let slack = Duration::from_millis(50);
+            assert!(
+                waited <= expected_wait && waited + slack >= expected_wait,
+                "age {age:?}: sent after {waited:?}, expected {expected_wait:?}"
+            );
+        }
+    }
 }
