@@ -676,6 +676,7 @@ async fn heartbeat(store: StoreHandle, data_dir: PathBuf, shutdown: Cancellation
             return;
         };
         notify::watchdog();
+        release_free_memory();
         if let Some(since) = health.failing_since {
             notify::status(&format!(
                 "the store cannot be written since {}: {}; {} presses kept in memory, {} dropped",
@@ -694,6 +695,18 @@ async fn heartbeat(store: StoreHandle, data_dir: PathBuf, shutdown: Cancellation
                 notify::status(&summary);
             }
         }
+    }
+}
+
+/// Hands memory the allocator holds but no one uses back to the system:
+/// glibc keeps what a burst freed (in every thread's arena) for reuse,
+/// so without this a burst's peak would stay the agent's size for good.
+/// Cheap when there is nothing to give back; run with each heartbeat.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
