@@ -422,15 +422,15 @@ fn any_few_answers<'a>(counts: impl IntoIterator<Item = &'a Counts>) -> bool {
     })
 }
 
-/// The footnotes under every table of indices: what the columns mean, and
-/// what the mark means when a value carries it.
-fn write_index_footnotes(marked: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+/// The footnotes under every table of indices: what the columns mean (the
+/// table's own `note` among them), and what the mark means when a value
+/// carries it.
+fn write_index_footnotes(note: &str, marked: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(
         out,
         "\nIEL = 100 × (yes − no) / (yes + neutral + no); NPS = 100 × (scores 9-10 − scores 0-6) / scores.\n\
          95 %: the interval that holds the index with 95 % confidence; N: the answers it is computed over.\n\
-         Suppressed presses (anti-spam) are in no other column and in neither index; \
-         OTHER: unmapped keys and other answers; -: nothing to compute from."
+         {note}"
     )?;
     if marked {
         writeln!(
@@ -519,7 +519,12 @@ fn write_table(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
         )
     )?;
     let groups = report.groups.iter().map(|(_, counts)| counts);
-    write_index_footnotes(any_few_answers(groups.chain([&report.total])), out)
+    write_index_footnotes(
+        "Suppressed presses (anti-spam) are in no other column and in neither index; \
+         OTHER: unmapped keys and other answers; -: nothing to compute from.",
+        any_few_answers(groups.chain([&report.total])),
+        out,
+    )
 }
 
 /// Both periods as rows, then a line per index with its change.
@@ -600,7 +605,11 @@ fn write_comparison(comparison: &Comparison, out: &mut dyn Write) -> anyhow::Res
             }
         }
     }
-    write_index_footnotes(any_few_answers([&this.1, &before.1]), out)
+    write_index_footnotes(
+        "Suppressed presses (anti-spam) are in neither index; -: nothing to compute from.",
+        any_few_answers([&this.1, &before.1]),
+        out,
+    )
 }
 
 /// The numbers of a group as JSON and CSV write them.

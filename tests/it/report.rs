@@ -604,7 +604,7 @@ NPS: +40.0 points, larger than the noise (up to ±12.3 points is noise at 95 %)
 
 IEL = 100 × (yes − no) / (yes + neutral + no); NPS = 100 × (scores 9-10 − scores 0-6) / scores.
 95 %: the interval that holds the index with 95 % confidence; N: the answers it is computed over.
-Suppressed presses (anti-spam) are in no other column and in neither index; OTHER: unmapped keys and other answers; -: nothing to compute from.
+Suppressed presses (anti-spam) are in neither index; -: nothing to compute from.
 "
     );
 }
