@@ -706,11 +706,6 @@ impl From<Change> for JsonChange {
 impl From<&Counts> for Numbers {
     fn from(counts: &Counts) -> Numbers {
         let (iel, nps) = (counts.iel_estimate(), counts.nps_estimate());
-        let bound = |estimate: Option<Estimate>, bound: fn(&Estimate) -> f64| {
-            estimate
-                .as_ref()
-                .map(|estimate| one_decimal(bound(estimate)))
-        };
         Numbers {
             presses: counts.presses,
             suppressed: counts.suppressed,
@@ -723,11 +718,11 @@ impl From<&Counts> for Numbers {
             detractors: counts.detractors,
             answers: counts.yes + counts.neutral + counts.no,
             iel: counts.iel().map(one_decimal),
-            iel_low: bound(iel, |estimate| estimate.low),
-            iel_high: bound(iel, |estimate| estimate.high),
+            iel_low: iel.map(|iel| one_decimal(iel.low)),
+            iel_high: iel.map(|iel| one_decimal(iel.high)),
             nps: counts.nps().map(one_decimal),
-            nps_low: bound(nps, |estimate| estimate.low),
-            nps_high: bound(nps, |estimate| estimate.high),
+            nps_low: nps.map(|nps| one_decimal(nps.low)),
+            nps_high: nps.map(|nps| one_decimal(nps.high)),
             few_answers: any_few_answers([counts]),
         }
     }
