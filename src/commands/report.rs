@@ -281,23 +281,29 @@ impl Comparison {
 
     /// The change of the IEL; `None` unless both periods have one.
     pub fn iel_change(&self) -> Option<Change> {
-        Change::between(self.this.1.iel_estimate()?, self.before.1.iel_estimate()?)
+        Some(Change::between(
+            self.this.1.iel_estimate()?,
+            self.before.1.iel_estimate()?,
+        ))
     }
 
     /// The change of the NPS; `None` unless both periods have scores.
     pub fn nps_change(&self) -> Option<Change> {
-        Change::between(self.this.1.nps_estimate()?, self.before.1.nps_estimate()?)
+        Some(Change::between(
+            self.this.1.nps_estimate()?,
+            self.before.1.nps_estimate()?,
+        ))
     }
 }
 
 impl Change {
-    fn between(this: Estimate, before: Estimate) -> Option<Change> {
-        Some(Change {
+    fn between(this: Estimate, before: Estimate) -> Change {
+        Change {
             points: this.value - before.value,
             noise: this.noise_against(&before),
             larger_than_noise: this.differs_from(&before),
             few_answers: this.few_answers || before.few_answers,
-        })
+        }
     }
 
     /// The verdict as the table says it.
@@ -387,6 +393,15 @@ fn index_text(index: Option<f64>) -> String {
 /// The mark of a value from fewer than [`FEW_ANSWERS`] answers.
 const FEW_ANSWERS_MARK: &str = "*";
 
+/// The mark when `few_answers`, otherwise nothing.
+fn mark(few_answers: bool) -> &'static str {
+    if few_answers {
+        FEW_ANSWERS_MARK
+    } else {
+        ""
+    }
+}
+
 /// An index's three table cells: its value (marked when from few
 /// answers), its 95 % interval, and the answers it is computed over.
 fn estimate_cells(estimate: Option<Estimate>) -> [String; 3] {
@@ -396,11 +411,7 @@ fn estimate_cells(estimate: Option<Estimate>) -> [String; 3] {
             format!(
                 "{}{}",
                 index_text(Some(estimate.value)),
-                if estimate.few_answers {
-                    FEW_ANSWERS_MARK
-                } else {
-                    ""
-                }
+                mark(estimate.few_answers)
             ),
             format!(
                 "{} to {}",
@@ -441,19 +452,25 @@ fn write_index_footnotes(note: &str, marked: bool, out: &mut dyn Write) -> anyho
     Ok(())
 }
 
+/// An instant in this machine's local time, to the minute.
+fn local_minute(at: DateTime<Utc>) -> String {
+    at.with_timezone(&Local)
+        .format("%Y-%m-%d %H:%M")
+        .to_string()
+}
+
 /// Which presses the report covers, the range in this machine's local time.
 fn range_heading(range: &TimeRange) -> String {
-    let local = |at: DateTime<Utc>| {
-        at.with_timezone(&Local)
-            .format("%Y-%m-%d %H:%M")
-            .to_string()
-    };
     match (range.since, range.until) {
         (Some(since), Some(until)) => {
-            format!("Presses from {} until {}", local(since), local(until))
+            format!(
+                "Presses from {} until {}",
+                local_minute(since),
+                local_minute(until)
+            )
         }
-        (Some(since), None) => format!("Presses from {}", local(since)),
-        (None, Some(until)) => format!("Presses until {}", local(until)),
+        (Some(since), None) => format!("Presses from {}", local_minute(since)),
+        (None, Some(until)) => format!("Presses until {}", local_minute(until)),
         (None, None) => "All stored presses".to_string(),
     }
 }
@@ -534,13 +551,7 @@ fn write_comparison(comparison: &Comparison, out: &mut dyn Write) -> anyhow::Res
         this,
         before,
     } = comparison;
-    let local = |at: Option<DateTime<Utc>>| {
-        at.map_or_else(String::new, |at| {
-            at.with_timezone(&Local)
-                .format("%Y-%m-%d %H:%M")
-                .to_string()
-        })
-    };
+    let local = |at: Option<DateTime<Utc>>| at.map(local_minute).unwrap_or_default();
     let rows: Vec<Vec<String>> = [("before", before), ("this", this)]
         .into_iter()
         .map(|(name, (range, counts))| {
@@ -589,11 +600,7 @@ fn write_comparison(comparison: &Comparison, out: &mut dyn Write) -> anyhow::Res
                 one_decimal(change.points),
                 change.verdict(),
                 one_decimal(change.noise),
-                if change.few_answers {
-                    FEW_ANSWERS_MARK
-                } else {
-                    ""
-                }
+                mark(change.few_answers)
             )?,
             None => {
                 let missing = match (this_index, before_index) {
