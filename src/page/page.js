@@ -81,7 +81,7 @@ function svg(name, attributes) {
 // IEL per day, -100 to 100, with the interval as a band.
 function drawChart(days) {
   const chart = document.getElementById("chart");
-  const width = 720, height = 220, left = 40, right = 10, top = 10, bottom = 30;
+  const width = 720, height = 220, left = 40, right = 24, top = 10, bottom = 30;
   const x = (index) => left + (width - left - right) * (days.length > 1 ? index / (days.length - 1) : 0.5);
   const y = (value) => top + (height - top - bottom) * (100 - value) / 200;
   const parts = [];
@@ -142,6 +142,16 @@ async function refresh(path, show) {
   }
 }
 
+const pendingRefresh = {};
+
+function refreshSoon(path, show, delay) {
+  if (pendingRefresh[path]) return;
+  pendingRefresh[path] = setTimeout(() => {
+    pendingRefresh[path] = null;
+    refresh(path, show);
+  }, delay);
+}
+
 function addPress(press) {
   const body = document.querySelector("#presses tbody");
   const row = document.createElement("tr");
@@ -159,12 +169,21 @@ function followPresses() {
   const events = new EventSource("api/events");
   events.addEventListener("press", (message) => {
     addPress(JSON.parse(message.data));
+    // The counts and today's index move with the presses, at most a few
+    // times a second however fast they come.
+    refreshSoon("api/status", showStatus, 300);
+    refreshSoon("api/report", showReport, 1000);
   });
   events.addEventListener("missed", (message) => {
     document.getElementById("live-state").textContent =
       message.data + " presses came faster than this page could show them";
   });
+  events.onopen = () => {
+    document.body.dataset.live = "open";
+    document.getElementById("live-state").textContent = "live: waiting for presses…";
+  };
   events.onerror = () => {
+    document.body.dataset.live = "reconnecting";
     document.getElementById("live-state").textContent = "reconnecting to the agent…";
   };
 }
