@@ -941,6 +941,14 @@ path = "/var/lib/epm-agent/export"
                     ..NOTHING
                 },
             ),
+            (
+                "[http] added: at the next start, nothing stops",
+                format!("{BASE}\n[http]\nlisten = \"127.0.0.1:8587\"\n"),
+                Expected {
+                    at_next_start: &[NextStart::Http],
+                    ..NOTHING
+                },
+            ),
         ];
         let running = settings(BASE);
         for (what, text, expected) in cases {

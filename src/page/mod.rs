@@ -40,6 +40,7 @@ use crate::event::{local_offset_minutes, PressFields};
 use crate::status::{self, Health, Status};
 use crate::store::blocking::AsyncReader;
 use crate::store::press_counts::{Bucket, Counts, Estimate};
+use crate::store::writer::WriterHealth;
 use crate::store::{Store, StoreError, StoreHandle};
 
 /// Why the page cannot be served; the agent does not start.
@@ -105,6 +106,8 @@ const FOLLOW_BATCH: usize = 500;
 const CHART_DAYS: i64 = 30;
 /// Days in "this week", today included.
 const WEEK_DAYS: i64 = 7;
+/// How long the writer thread may take to say how it is.
+const WRITER_ANSWER: Duration = Duration::from_secs(2);
 /// How long in-flight answers may take once the agent stops.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -319,7 +322,18 @@ fn unreadable(error: StoreError) -> Response {
 /// whether the store takes writes, and no credentials in its texts.
 async fn read_status(shared: &Shared) -> Result<Status, StoreError> {
     let settings = shared.settings.borrow().clone();
-    let writer = shared.store.health().await?;
+    // A writer that answers nothing is as bad as one whose commits fail.
+    let writer = match tokio::time::timeout(WRITER_ANSWER, shared.store.health()).await {
+        Ok(answer) => answer?,
+        Err(_) => WriterHealth {
+            failing_since: Some(Utc::now()),
+            last_error: Some(format!(
+                "the store writer has not answered for {} s",
+                WRITER_ANSWER.as_secs()
+            )),
+            ..WriterHealth::default()
+        },
+    };
     let mut status = shared
         .reader
         .lock()
