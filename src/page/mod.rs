@@ -90,11 +90,6 @@ impl Listener {
             })?;
         Ok(Listener { listener, token })
     }
-
-    /// The address bound (the port, when `listen` asked for port 0).
-    pub fn local_address(&self) -> Option<SocketAddr> {
-        self.listener.local_addr().ok()
-    }
 }
 
 /// Most presses the live list keeps for a browser that is behind; past
