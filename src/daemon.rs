@@ -29,6 +29,7 @@ use crate::clock::ClockWatch;
 use crate::config::{self, DeviceSettings, Settings};
 use crate::driver::{self, Restored};
 use crate::notify;
+use crate::page;
 use crate::sink::{self, AgentInfo, Transport};
 use crate::store::blocking::{run_blocking, AsyncReader};
 use crate::store::lock::{DataDirLock, LockError};
@@ -214,6 +215,11 @@ async fn supervise(
     // configuration error, reported before the daemon runs.
     let first = plan(None, &settings);
     let prepared = prepare(&first, &settings).await?;
+    // A port in use or an unreadable token stops the start here.
+    let page_listener = match &settings.http {
+        Some(http) => Some(page::Listener::bind(http).await?),
+        None => None,
+    };
     let (handle, writer_thread) = writer::spawn(store, WriterOptions::default())?;
     handle.daemon_started().await?;
 
@@ -231,6 +237,14 @@ async fn supervise(
         housekeeping: None,
     };
     supervisor.carry_out(first, prepared, settings).await?;
+    let page = page_listener.map(|listener| {
+        tokio::spawn(page::serve(
+            listener,
+            supervisor.applied.subscribe(),
+            handle.clone(),
+            shutdown.child_token(),
+        ))
+    });
     let status_events = supervisor.spawn(
         "status events".into(),
         agent_status::run(
@@ -265,6 +279,10 @@ async fn supervise(
     notify::stopping();
     shutdown.cancel();
     let _ = status_events.await;
+    if let Some(page) = page {
+        // It holds a store handle: the writer ends only after it.
+        let _ = page.await;
+    }
     supervisor
         .stop_all(Reporter::new(data_dir, handle.clone()))
         .await;
@@ -313,6 +331,8 @@ enum NextStart {
     /// The store stays where it is open.
     DataDir,
     Log,
+    /// The page keeps its listener.
+    Http,
 }
 
 /// The plan from `running` (`None`: nothing runs yet) to `new`.
@@ -364,6 +384,9 @@ fn plan(running: Option<&Settings>, new: &Settings) -> Plan {
     }
     if old.log != new.log {
         plan.at_next_start.push(NextStart::Log);
+    }
+    if old.http != new.http {
+        plan.at_next_start.push(NextStart::Http);
     }
     plan
 }
@@ -478,6 +501,9 @@ impl Supervisor {
                     }
                     NextStart::Log => {
                         tracing::warn!("[log] settings take effect at the next start")
+                    }
+                    NextStart::Http => {
+                        tracing::warn!("[http] settings take effect at the next start")
                     }
                 }
             }
@@ -925,6 +951,14 @@ path = "/var/lib/epm-agent/export"
                 format!("{BASE}\n[log]\nlevel = \"debug\"\n"),
                 Expected {
                     at_next_start: &[NextStart::Log],
+                    ..NOTHING
+                },
+            ),
+            (
+                "[http] added: at the next start, nothing stops",
+                format!("{BASE}\n[http]\nlisten = \"127.0.0.1:8587\"\n"),
+                Expected {
+                    at_next_start: &[NextStart::Http],
                     ..NOTHING
                 },
             ),
