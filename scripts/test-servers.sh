@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The real servers the sink integration tests run (tests/servers/mod.rs):
 # PostgreSQL (initdb, pg_ctl, psql) and Mosquitto 2 (mosquitto,
-# mosquitto_passwd, mosquitto_pub, mosquitto_sub), from Debian's packages.
+# mosquitto_passwd, mosquitto_pub, mosquitto_sub), and the headless browser
+# the local page's test drives (chromium, chromedriver), from Debian's
+# packages.
 # Installs whatever is missing with apt-get (as root, non-interactive; the
 # package lists are updated first only when something is missing), and does
 # nothing — in well under a second — when all are there. Idempotent.
@@ -12,7 +14,7 @@
 # under systemd) if they run anyway.
 set -euo pipefail
 
-packages=(postgresql mosquitto mosquitto-clients)
+packages=(postgresql mosquitto mosquitto-clients chromium chromium-driver)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -24,7 +24,17 @@ pub struct Settings {
     pub devices: Vec<DeviceSettings>,
     pub store: StoreSettings,
     pub sinks: Vec<SinkSettings>,
+    /// `[http]`: the local page, `/health` and `/metrics`; `None`: no listener.
+    pub http: Option<PageSettings>,
     pub log: LogSettings,
+}
+
+/// `[http]`: where the local page listens and the token it asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PageSettings {
+    pub listen: std::net::SocketAddr,
+    /// `None` only on a loopback address: then only loopback peers are served.
+    pub token: SecretSource,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -303,20 +313,18 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 pub fn warnings(settings: &Settings, path: &Path) -> Vec<String> {
     #[cfg_attr(not(unix), allow(unused_mut))] // only Unix has file modes to warn about
     let mut warnings = Vec::new();
-    let inline_tokens: Vec<&str> = settings
-        .sinks
-        .iter()
-        .filter_map(|sink| {
-            let secret = match &sink.kind {
-                SinkKind::Http(http) => &http.token,
-                SinkKind::Postgres(postgres) => &postgres.password,
-                SinkKind::Mqtt(mqtt) => &mqtt.password,
-                SinkKind::File(_) => &SecretSource::None,
-            };
-            match secret {
-                SecretSource::Inline(token) => Some(token.as_str()),
-                _ => None,
-            }
+    let sink_secrets = settings.sinks.iter().map(|sink| match &sink.kind {
+        SinkKind::Http(http) => &http.token,
+        SinkKind::Postgres(postgres) => &postgres.password,
+        SinkKind::Mqtt(mqtt) => &mqtt.password,
+        SinkKind::File(_) => &SecretSource::None,
+    });
+    let page_secret = settings.http.as_ref().map(|http| &http.token);
+    let inline_tokens: Vec<&str> = sink_secrets
+        .chain(page_secret)
+        .filter_map(|secret| match secret {
+            SecretSource::Inline(token) => Some(token.as_str()),
+            _ => None,
         })
         .collect();
     #[cfg(unix)]
@@ -495,8 +503,18 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     sink: Vec<Spanned<RawSink>>,
+    http: Option<Spanned<RawHttp>>,
     #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -602,13 +620,50 @@ fn validate(raw: RawConfig, base_dir: &Path) -> Result<Settings, Invalid> {
         }
         sinks.push(settings);
     }
+    let http = raw
+        .http
+        .map(|http| validate_http(http, base_dir))
+        .transpose()?;
     let log = validate_log(raw.log)?;
     Ok(Settings {
         agent,
         devices,
         store,
         sinks,
+        http,
         log,
+    })
+}
+
+/// The page's default address: this machine only.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8587";
+
+fn validate_http(raw: Spanned<RawHttp>, base_dir: &Path) -> Result<PageSettings, Invalid> {
+    let section = raw.span();
+    let raw = raw.into_inner();
+    let (listen, listen_span) = match raw.listen {
+        Some(listen) => (listen.get_ref().clone(), listen.span()),
+        None => (DEFAULT_LISTEN.to_string(), section),
+    };
+    let Ok(address) = listen.parse::<std::net::SocketAddr>() else {
+        return invalid(
+            listen_span,
+            format!("\"{listen}\" is not an address and port (e.g. \"127.0.0.1:8587\" or \"[::1]:8587\")"),
+        );
+    };
+    let token = secret_source("token", raw.token, raw.token_env, raw.token_file, base_dir)?;
+    if !address.ip().is_loopback() && token == SecretSource::None {
+        return invalid(
+            listen_span,
+            format!(
+                "listen = \"{listen}\" is reachable from other machines and no token is set: \
+                 set token_file (or token_env, token) so every request needs it, or listen on 127.0.0.1"
+            ),
+        );
+    }
+    Ok(PageSettings {
+        listen: address,
+        token,
     })
 }
 

@@ -29,6 +29,7 @@ use crate::clock::ClockWatch;
 use crate::config::{self, DeviceSettings, Settings};
 use crate::driver::{self, Restored};
 use crate::notify;
+use crate::page;
 use crate::sink::{self, AgentInfo, Transport};
 use crate::store::blocking::{run_blocking, AsyncReader};
 use crate::store::lock::{DataDirLock, LockError};
@@ -236,6 +237,11 @@ async fn supervise(
     // configuration error, reported before the daemon runs.
     let first = plan(None, &settings);
     let prepared = prepare(&first, &settings).await?;
+    // A port in use or an unreadable token stops the start here.
+    let page_listener = match &settings.http {
+        Some(http) => Some(page::Listener::bind(http).await?),
+        None => None,
+    };
     let (handle, writer_thread) = writer::spawn(store, WriterOptions::default())?;
     handle.daemon_started().await?;
 
@@ -253,6 +259,14 @@ async fn supervise(
         housekeeping: None,
     };
     supervisor.carry_out(first, prepared, settings).await?;
+    let page = page_listener.map(|listener| {
+        tokio::spawn(page::serve(
+            listener,
+            supervisor.applied.subscribe(),
+            handle.clone(),
+            shutdown.child_token(),
+        ))
+    });
     let status_events = supervisor.spawn(
         "status events".into(),
         agent_status::run(
@@ -287,6 +301,10 @@ async fn supervise(
     notify::stopping();
     shutdown.cancel();
     let _ = status_events.await;
+    if let Some(page) = page {
+        // It holds a store handle: the writer ends only after it.
+        let _ = page.await;
+    }
     supervisor
         .stop_all(Reporter::new(data_dir, handle.clone()))
         .await;
@@ -335,6 +353,8 @@ enum NextStart {
     /// The store stays where it is open.
     DataDir,
     Log,
+    /// The page keeps its listener.
+    Http,
 }
 
 /// The plan from `running` (`None`: nothing runs yet) to `new`.
@@ -386,6 +406,9 @@ fn plan(running: Option<&Settings>, new: &Settings) -> Plan {
     }
     if old.log != new.log {
         plan.at_next_start.push(NextStart::Log);
+    }
+    if old.http != new.http {
+        plan.at_next_start.push(NextStart::Http);
     }
     plan
 }
@@ -500,6 +523,9 @@ impl Supervisor {
                     }
                     NextStart::Log => {
                         tracing::warn!("[log] settings take effect at the next start")
+                    }
+                    NextStart::Http => {
+                        tracing::warn!("[http] settings take effect at the next start")
                     }
                 }
             }
@@ -698,6 +724,7 @@ async fn heartbeat(store: StoreHandle, data_dir: PathBuf, shutdown: Cancellation
             return;
         };
         notify::watchdog();
+        release_free_memory();
         if let Some(since) = health.failing_since {
             notify::status(&format!(
                 "the store cannot be written since {}: {}; {} presses kept in memory, {} dropped",
@@ -716,6 +743,18 @@ async fn heartbeat(store: StoreHandle, data_dir: PathBuf, shutdown: Cancellation
                 notify::status(&summary);
             }
         }
+    }
+}
+
+/// Hands memory the allocator holds but no one uses back to the system:
+/// glibc keeps what a burst freed (in every thread's arena) for reuse,
+/// so without this a burst's peak would stay the agent's size for good.
+/// Cheap when there is nothing to give back; run with each heartbeat.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -934,6 +973,14 @@ path = "/var/lib/epm-agent/export"
                 format!("{BASE}\n[log]\nlevel = \"debug\"\n"),
                 Expected {
                     at_next_start: &[NextStart::Log],
+                    ..NOTHING
+                },
+            ),
+            (
+                "[http] added: at the next start, nothing stops",
+                format!("{BASE}\n[http]\nlisten = \"127.0.0.1:8587\"\n"),
+                Expected {
+                    at_next_start: &[NextStart::Http],
                     ..NOTHING
                 },
             ),

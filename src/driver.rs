@@ -46,7 +46,11 @@ const TICK: Duration = Duration::from_secs(1);
 /// flow control). An ACK only flashes a light; reading matters more.
 const WRITE_BOUND: Duration = Duration::from_millis(500);
 /// Writes waiting for the device; more are dropped (and counted).
-const WRITES_QUEUED: usize = 16;
+const WRITES_QUEUED: usize = 64;
+
+/// At most this many messages are joined into one write (a few KB: about
+/// what a terminal's buffer takes at once).
+const COALESCED_MAX: usize = 512;
 
 /// What a driver continues from after a restart.
 #[derive(Clone, Debug, Default)]
@@ -687,7 +691,15 @@ async fn write_to_device(
     failure: oneshot::Sender<String>,
 ) {
     let mut bytes = BytesMut::new();
-    while let Some(messages) = queued.recv().await {
+    while let Some(mut messages) = queued.recv().await {
+        // What queued up while the last write was on its way goes out in
+        // this one: under a burst the writes stay few and the queue empty.
+        while messages.len() < COALESCED_MAX {
+            match queued.try_recv() {
+                Ok(more) => messages.extend(more),
+                Err(_) => break,
+            }
+        }
         bytes.clear();
         for message in &messages {
             if let Err(error) = codec.encode(*message, &mut bytes) {

@@ -15,6 +15,7 @@ pub mod driver;
 pub mod event;
 pub mod model;
 pub mod notify;
+pub mod page;
 pub mod port;
 pub mod press_filter;
 pub mod protocol;

@@ -171,6 +171,11 @@ fn main() -> ExitCode {
                         }
                     }
                 }
+                if let Some(http) = &settings.http {
+                    if let Err(error) = epm_agent::sink::secret::resolve(&http.token, "token") {
+                        eprintln!("epm-agent: warning: [http] {error}");
+                    }
+                }
                 println!(
                     "{}: ok ({} device{}, {} sink{}, data in {})",
                     config_path.display(),

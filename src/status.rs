@@ -19,6 +19,8 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::daemon::HEARTBEAT_INTERVAL;
+use crate::event::format_timestamp;
+use crate::store::writer::WriterHealth;
 pub use crate::store::UnitRow as UnitStatus;
 use crate::store::{DeviceSnapshot, LinkState, SinkState, Snapshot, Store};
 
@@ -97,6 +99,8 @@ pub struct DeviceStatus {
     pub reconnects: u64,
     /// ACKs dropped because the device did not read them in time.
     pub acks_dropped: u64,
+    /// Bytes read that belonged to no frame (line noise, cut frames).
+    pub noise_bytes: u64,
     pub last_error: Option<String>,
     pub units: Vec<UnitStatus>,
 }
@@ -167,6 +171,27 @@ pub fn read_status(
     store: &Store,
     now: DateTime<Utc>,
 ) -> Result<Status, crate::store::StoreError> {
+    status_of(settings, store, now, None)
+}
+
+/// The status as the daemon itself sees it: the writer thread's own answer
+/// is fresher than the store, which cannot record that it cannot be
+/// written until it can again.
+pub fn read_daemon_status(
+    settings: &Settings,
+    store: &Store,
+    now: DateTime<Utc>,
+    writer: &WriterHealth,
+) -> Result<Status, crate::store::StoreError> {
+    status_of(settings, store, now, Some(writer))
+}
+
+fn status_of(
+    settings: &Settings,
+    store: &Store,
+    now: DateTime<Utc>,
+    writer: Option<&WriterHealth>,
+) -> Result<Status, crate::store::StoreError> {
     let devices: Vec<&str> = settings
         .devices
         .iter()
@@ -177,7 +202,11 @@ pub fn read_status(
         .iter()
         .map(|sink| sink.name.as_str())
         .collect();
-    let snapshot = store.snapshot(&devices, &sinks)?;
+    let mut snapshot = store.snapshot(&devices, &sinks)?;
+    if let Some(since) = writer.and_then(|writer| writer.failing_since) {
+        snapshot.store_state.write_failures_since = Some(format_timestamp(since));
+        snapshot.store_state.last_write_error = writer.and_then(|writer| writer.last_error.clone());
+    }
     let host = Host {
         daemon_process_exists: snapshot
             .daemon
@@ -469,6 +498,7 @@ fn device_status(device: &DeviceSnapshot, configured_model: &str) -> DeviceStatu
         unknown_frames: row.map_or(0, |row| row.unknown_frames),
         reconnects: row.map_or(0, |row| row.reconnects),
         acks_dropped: row.map_or(0, |row| row.acks_dropped),
+        noise_bytes: row.map_or(0, |row| row.noise_bytes),
         last_error: last_error.map(String::from),
         units: device.units.clone(),
     }
@@ -560,6 +590,7 @@ mod tests {
                     reconnects: 0,
                     last_error: None,
                     acks_dropped: 0,
+                    noise_bytes: 0,
                 }),
                 units: Vec::new(),
             }],

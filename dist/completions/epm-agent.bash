@@ -877,7 +877,7 @@ _epm__agent() {
             return 0
             ;;
         epm__subcmd__agent__subcmd__report)
-            opts="-h --since --until --by --json --csv --chart --config --help"
+            opts="-h --since --until --by --json --csv --chart --compare --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -896,6 +896,10 @@ _epm__agent() {
                     return 0
                     ;;
                 --chart)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compare)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -79,7 +79,8 @@ hour\t'The shop\'s local hour of the day, 00 to 23, over all days'
 device\t''
 question\t''
 unit\t''"
-complete -c epm-agent -n "__fish_epm_agent_using_subcommand report" -l chart -d 'Also draw the IEL per day and the presses per hour of the day into this SVG file' -r -F
+complete -c epm-agent -n "__fish_epm_agent_using_subcommand report" -l chart -d 'Also draw the IEL per day (with its 95 % interval) and the presses per hour of the day into this SVG file' -r -F
+complete -c epm-agent -n "__fish_epm_agent_using_subcommand report" -l compare -d 'Set the last PERIOD (7d, 24h, 30d: whole days or hours), ending at --until or now, against the PERIOD before it: each index with its interval, the change, and whether it is larger than the noise' -r
 complete -c epm-agent -n "__fish_epm_agent_using_subcommand report" -l config -d 'The configuration file [default: $EPM_AGENT_CONFIG, else /etc/epm-agent/epm-agent.toml, or %ProgramData%\\epm-agent\\epm-agent.toml on Windows]' -r -F
 complete -c epm-agent -n "__fish_epm_agent_using_subcommand report" -l json -d 'JSON instead of a table'
 complete -c epm-agent -n "__fish_epm_agent_using_subcommand report" -l csv -d 'CSV instead of a table'

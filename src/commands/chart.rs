@@ -1,5 +1,6 @@
 //! The picture of `epm-agent report --chart FILE.svg`: the IEL per day as a
-//! line over −100..100 (upper panel) and the presses per hour of the day as
+//! line over −100..100 in a band of its 95 % interval (upper panel; a day
+//! alone has a bar of it) and the presses per hour of the day as
 //! bars, counted presses and suppressed ones stacked apart (lower panel).
 //! It takes plain numbers ([`ChartData`]) and draws them with plotters' SVG
 //! backend; the store and the arithmetic stay in `report`.
@@ -23,9 +24,17 @@ pub struct ChartData {
     pub title: String,
     /// The IEL of each local day, oldest first; `None` where it is
     /// undefined (no yes / neutral / no answers that day). Days may skip.
-    pub iel_per_day: Vec<(NaiveDate, Option<f64>)>,
+    pub iel_per_day: Vec<(NaiveDate, Option<DayIel>)>,
     /// The presses of each local hour of the day, 00 to 23.
     pub presses_per_hour: [HourPresses; 24],
+}
+
+/// The IEL of one day and its 95 % interval, as drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DayIel {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
 }
 
 /// The presses of one hour of the day.
@@ -39,6 +48,9 @@ pub struct HourPresses {
 
 /// The line of the IEL (orange, `#FF7F0E` in the SVG).
 const IEL_COLOR: RGBColor = RGBColor(255, 127, 14);
+/// The band of its 95 % interval (light orange, `#FFD2A8`): opaque, and
+/// drawn before the zero line and the IEL line, which stay on top.
+const BAND_COLOR: RGBColor = RGBColor(255, 210, 168);
 /// Counted presses (blue, `#1F77B4`).
 const COUNTED_COLOR: RGBColor = RGBColor(31, 119, 180);
 /// Suppressed presses (grey, `#BEBEBE`).
@@ -72,7 +84,7 @@ pub fn render_svg(data: &ChartData) -> anyhow::Result<String> {
 
 fn draw_iel_per_day(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
-    iel_per_day: &[(NaiveDate, Option<f64>)],
+    iel_per_day: &[(NaiveDate, Option<DayIel>)],
 ) -> anyhow::Result<()> {
     // Days are numbered from the first one; a day of margin on each side
     // keeps the first and last points off the axes.
@@ -88,7 +100,7 @@ fn draw_iel_per_day(
     };
     let mut chart = ChartBuilder::on(area)
         .caption(
-            "IEL per day: 100 × (yes − no) / (yes + neutral + no)",
+            "IEL per day: 100 × (yes − no) / (yes + neutral + no), 95 % interval shaded",
             (FONT, 22),
         )
         .margin(12)
@@ -111,20 +123,41 @@ fn draw_iel_per_day(
         .axis_desc_style((FONT, 18))
         .light_line_style(WHITE)
         .draw()?;
+    // A day without an IEL breaks the line and its band rather than
+    // bridging them; the band goes first so the line is drawn over it.
+    let runs: Vec<Vec<(i64, DayIel)>> = iel_per_day
+        .chunk_by(|(earlier, earlier_iel), (later, later_iel)| {
+            earlier_iel.is_some() && later_iel.is_some() && (*later - *earlier).num_days() == 1
+        })
+        .map(|run| {
+            run.iter()
+                .filter_map(|(day, iel)| Some((day_number(*day), (*iel)?)))
+                .collect()
+        })
+        .filter(|run: &Vec<(i64, DayIel)>| !run.is_empty())
+        .collect();
+    for run in &runs {
+        if let [(day, iel)] = run[..] {
+            chart.draw_series(std::iter::once(PathElement::new(
+                [(day, iel.low), (day, iel.high)],
+                BAND_COLOR.stroke_width(12),
+            )))?;
+        } else {
+            let upper = run.iter().map(|(day, iel)| (*day, iel.high));
+            let lower = run.iter().rev().map(|(day, iel)| (*day, iel.low));
+            chart.draw_series(std::iter::once(Polygon::new(
+                upper.chain(lower).collect::<Vec<_>>(),
+                BAND_COLOR.filled(),
+            )))?;
+        }
+    }
     chart.draw_series(LineSeries::new(
         [(-1, 0.0), (last_number + 1, 0.0)],
         BLACK.mix(0.4),
     ))?;
-    // A day without an IEL breaks the line rather than bridging it.
-    for run in iel_per_day
-        .chunk_by(|(earlier, earlier_iel), (later, later_iel)| {
-            earlier_iel.is_some() && later_iel.is_some() && (*later - *earlier).num_days() == 1
-        })
-        .filter(|run| run.len() > 1)
-    {
+    for run in runs.iter().filter(|run| run.len() > 1) {
         chart.draw_series(LineSeries::new(
-            run.iter()
-                .filter_map(|(day, iel)| Some((day_number(*day), (*iel)?))),
+            run.iter().map(|(day, iel)| (*day, iel.value)),
             IEL_COLOR.stroke_width(3),
         ))?;
     }
@@ -132,7 +165,7 @@ fn draw_iel_per_day(
     // values would overprint one another and only the line is drawn.
     let labelled = iel_per_day.len() <= LABELLED_DAYS;
     chart.draw_series(iel_per_day.iter().filter_map(|(day, iel)| {
-        let iel = (*iel)?;
+        let iel = iel.as_ref()?.value;
         let (radius, value) = if labelled {
             (5, format!("{iel:.1}"))
         } else {
@@ -269,17 +302,25 @@ mod tests {
         assert_eq!(elements(&svg, "<rect", "#BEBEBE"), 1, "{svg}");
     }
 
+    fn iel(value: f64) -> Option<DayIel> {
+        Some(DayIel {
+            value,
+            low: value - 10.0,
+            high: value + 10.0,
+        })
+    }
+
     #[test]
-    fn a_day_without_an_iel_breaks_the_line() {
+    fn a_day_without_an_iel_breaks_the_line_and_its_band() {
         let svg = render_svg(&ChartData {
             title: "gap".into(),
             iel_per_day: vec![
-                (day(2), Some(50.0)),
-                (day(3), Some(0.0)),
+                (day(2), iel(50.0)),
+                (day(3), iel(0.0)),
                 (day(4), None),
-                (day(5), Some(-40.0)),
-                (day(6), Some(20.0)),
-                (day(8), Some(10.0)),
+                (day(5), iel(-40.0)),
+                (day(6), iel(20.0)),
+                (day(8), iel(10.0)),
             ],
             presses_per_hour: [HourPresses {
                 counted: 1,
@@ -290,5 +331,8 @@ mod tests {
         // Two runs of two days; the 8th stands alone, after a missing day.
         assert_eq!(elements(&svg, "<polyline", "#FF7F0E"), 2, "{svg}");
         assert_eq!(elements(&svg, "<circle", "#FF7F0E"), 5, "{svg}");
+        // A band under each run, a bar of the interval for the lone day.
+        assert_eq!(elements(&svg, "<polygon", "#FFD2A8"), 2, "{svg}");
+        assert_eq!(elements(&svg, "<polyline", "#FFD2A8"), 1, "{svg}");
     }
 }

@@ -1,9 +1,14 @@
 //! `epm-agent report [--since T] [--until T] [--by day|hour|device|question|unit]
 //! [--json|--csv] [--chart FILE.svg]`: counts per answer and the loyalty
-//! indices (IEL and NPS, as `shared/spec/agent-interface.md` defines them)
-//! per group, from the local store. SQLite does the counting in one
-//! aggregate query over the `events_by_time` index, so only one row per
-//! group leaves the store, however many presses it holds.
+//! indices (IEL and NPS, as `docs/interface.md` defines them) per group,
+//! each with its 95 % interval and the answers it is computed over, from
+//! the local store. SQLite does the counting in one aggregate query over
+//! the `events_by_time` index, so only one row per group leaves the store,
+//! however many presses it holds.
+//!
+//! `report --compare PERIOD [--until T] [--json]` sets the last PERIOD
+//! against the one before it and says whether the change of each index is
+//! larger than the noise of both samples (`Estimate::differs_from`).
 //!
 //! Every press is in exactly one answer column: presses = suppressed + yes +
 //! neutral + no + other + scores. Suppressed presses (the anti-spam rule)
@@ -24,10 +29,10 @@ use serde::Serialize;
 use epm_agent::config::Settings;
 use epm_agent::event::format_timestamp;
 pub use epm_agent::store::Counts;
-use epm_agent::store::{Bucket, Store};
+use epm_agent::store::{Bucket, Estimate, Store, FEW_ANSWERS};
 
-use super::chart::{self, ChartData, HourPresses};
-use super::time_range::TimeRange;
+use super::chart::{self, ChartData, DayIel, HourPresses};
+use super::time_range::{parse_instant, Period, TimeRange};
 use super::{aligned_table, open_store};
 
 /// The command's options.
@@ -52,10 +57,20 @@ pub struct Args {
     /// CSV instead of a table.
     #[arg(long)]
     pub csv: bool,
-    /// Also draw the IEL per day and the presses per hour of the day into
-    /// this SVG file.
+    /// Also draw the IEL per day (with its 95 % interval) and the presses
+    /// per hour of the day into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub chart: Option<PathBuf>,
+    /// Set the last PERIOD (7d, 24h, 30d: whole days or hours), ending at
+    /// --until or now, against the PERIOD before it: each index with its
+    /// interval, the change, and whether it is larger than the noise.
+    #[arg(
+        long,
+        value_name = "PERIOD",
+        value_parser = Period::parse,
+        conflicts_with_all = ["since", "by", "csv", "chart"]
+    )]
+    pub compare: Option<Period>,
 }
 
 /// What one row of the report stands for.
@@ -89,8 +104,33 @@ pub struct Report {
     pub total: Counts,
 }
 
+/// `--compare`: the same totals for two periods of one length that touch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    pub period: Period,
+    /// The later period, ending at --until or now.
+    pub this: (TimeRange, Counts),
+    pub before: (TimeRange, Counts),
+}
+
+/// How an index moved from the period before to this one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Change {
+    /// This period's index minus the earlier one's, in points.
+    pub points: f64,
+    /// The largest change that is still noise (95 %), in points.
+    pub noise: f64,
+    pub larger_than_noise: bool,
+    /// Either period has fewer than [`FEW_ANSWERS`] answers: the normal
+    /// approximation behind the verdict is rough.
+    pub few_answers: bool,
+}
+
 /// Prints the report as a table, JSON or CSV; draws the chart if asked.
 pub fn run(settings: &Settings, args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Some(period) = &args.compare {
+        return run_comparison(settings, args, period, out);
+    }
     let range = TimeRange::parse(args.since.as_deref(), args.until.as_deref(), Local::now())?;
     let store = open_store(&settings.agent.data_dir)?;
     let report = Report::query(&store, range, args.by)?;
@@ -107,6 +147,28 @@ pub fn run(settings: &Settings, args: &Args, out: &mut dyn Write) -> anyhow::Res
         if let Some(path) = &args.chart {
             writeln!(out, "chart: {}", path.display())?;
         }
+    }
+    Ok(())
+}
+
+fn run_comparison(
+    settings: &Settings,
+    args: &Args,
+    period: &Period,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let now = Local::now();
+    let until = match args.until.as_deref() {
+        Some(text) => parse_instant(text, now)?,
+        None => now.with_timezone(&Utc),
+    };
+    let store = open_store(&settings.agent.data_dir)?;
+    let comparison = Comparison::query(&store, period.clone(), until)?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &comparison_json(&comparison))?;
+        writeln!(out)?;
+    } else {
+        write_comparison(&comparison, out)?;
     }
     Ok(())
 }
@@ -198,6 +260,62 @@ impl Report {
     }
 }
 
+impl Comparison {
+    /// Counts the presses of the `period` ending at `until` and of the one
+    /// before it.
+    pub fn query(
+        store: &Store,
+        period: Period,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<Comparison> {
+        let (this, before) = TimeRange::this_and_before(period.length, until);
+        let total = |range: TimeRange| -> anyhow::Result<(TimeRange, Counts)> {
+            Ok((range, Report::query(store, range, Grouping::Day)?.total))
+        };
+        Ok(Comparison {
+            this: total(this)?,
+            before: total(before)?,
+            period,
+        })
+    }
+
+    /// The change of the IEL; `None` unless both periods have one.
+    pub fn iel_change(&self) -> Option<Change> {
+        Some(Change::between(
+            self.this.1.iel_estimate()?,
+            self.before.1.iel_estimate()?,
+        ))
+    }
+
+    /// The change of the NPS; `None` unless both periods have scores.
+    pub fn nps_change(&self) -> Option<Change> {
+        Some(Change::between(
+            self.this.1.nps_estimate()?,
+            self.before.1.nps_estimate()?,
+        ))
+    }
+}
+
+impl Change {
+    fn between(this: Estimate, before: Estimate) -> Change {
+        Change {
+            points: this.value - before.value,
+            noise: this.noise_against(&before),
+            larger_than_noise: this.differs_from(&before),
+            few_answers: this.few_answers || before.few_answers,
+        }
+    }
+
+    /// The verdict as the table says it.
+    fn verdict(&self) -> &'static str {
+        if self.larger_than_noise {
+            "larger than the noise"
+        } else {
+            "within the noise"
+        }
+    }
+}
+
 /// The chart's numbers: the report's own rows when it is by day or hour,
 /// otherwise one more query for each.
 fn chart_data(store: &Store, report: &Report) -> anyhow::Result<ChartData> {
@@ -208,10 +326,17 @@ fn chart_data(store: &Store, report: &Report) -> anyhow::Result<ChartData> {
             Ok(Report::query(store, report.range, by)?.groups)
         }
     };
-    let iel_per_day: Vec<(NaiveDate, Option<f64>)> = groups_by(Grouping::Day)?
+    let iel_per_day: Vec<(NaiveDate, Option<DayIel>)> = groups_by(Grouping::Day)?
         .into_iter()
         .filter_map(|(group, counts)| match group {
-            Group::Day(day) => Some((day, counts.iel().map(one_decimal))),
+            Group::Day(day) => Some((
+                day,
+                counts.iel_estimate().map(|estimate| DayIel {
+                    value: one_decimal(estimate.value),
+                    low: one_decimal(estimate.low),
+                    high: one_decimal(estimate.high),
+                }),
+            )),
             _ => None,
         })
         .collect();
@@ -265,19 +390,87 @@ fn index_text(index: Option<f64>) -> String {
     )
 }
 
+/// The mark of a value from fewer than [`FEW_ANSWERS`] answers.
+const FEW_ANSWERS_MARK: &str = "*";
+
+/// The mark when `few_answers`, otherwise nothing.
+fn mark(few_answers: bool) -> &'static str {
+    if few_answers {
+        FEW_ANSWERS_MARK
+    } else {
+        ""
+    }
+}
+
+/// An index's three table cells: its value (marked when from few
+/// answers), its 95 % interval, and the answers it is computed over.
+fn estimate_cells(estimate: Option<Estimate>) -> [String; 3] {
+    match estimate {
+        None => ["-".into(), "-".into(), "0".into()],
+        Some(estimate) => [
+            format!(
+                "{}{}",
+                index_text(Some(estimate.value)),
+                mark(estimate.few_answers)
+            ),
+            format!(
+                "{} to {}",
+                index_text(Some(estimate.low)),
+                index_text(Some(estimate.high))
+            ),
+            estimate.answers.to_string(),
+        ],
+    }
+}
+
+/// Whether any of these values is from fewer than [`FEW_ANSWERS`] answers.
+fn any_few_answers<'a>(counts: impl IntoIterator<Item = &'a Counts>) -> bool {
+    counts.into_iter().any(|counts| {
+        [counts.iel_estimate(), counts.nps_estimate()]
+            .into_iter()
+            .flatten()
+            .any(|estimate| estimate.few_answers)
+    })
+}
+
+/// The footnotes under every table of indices: what the columns mean (the
+/// table's own `note` among them), and what the mark means when a value
+/// carries it.
+fn write_index_footnotes(note: &str, marked: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "\nIEL = 100 × (yes − no) / (yes + neutral + no); NPS = 100 × (scores 9-10 − scores 0-6) / scores.\n\
+         95 %: the interval that holds the index with 95 % confidence; N: the answers it is computed over.\n\
+         {note}"
+    )?;
+    if marked {
+        writeln!(
+            out,
+            "{FEW_ANSWERS_MARK} from fewer than {FEW_ANSWERS} answers: too few to read alone, see its interval."
+        )?;
+    }
+    Ok(())
+}
+
+/// An instant in this machine's local time, to the minute.
+fn local_minute(at: DateTime<Utc>) -> String {
+    at.with_timezone(&Local)
+        .format("%Y-%m-%d %H:%M")
+        .to_string()
+}
+
 /// Which presses the report covers, the range in this machine's local time.
 fn range_heading(range: &TimeRange) -> String {
-    let local = |at: DateTime<Utc>| {
-        at.with_timezone(&Local)
-            .format("%Y-%m-%d %H:%M")
-            .to_string()
-    };
     match (range.since, range.until) {
         (Some(since), Some(until)) => {
-            format!("Presses from {} until {}", local(since), local(until))
+            format!(
+                "Presses from {} until {}",
+                local_minute(since),
+                local_minute(until)
+            )
         }
-        (Some(since), None) => format!("Presses from {}", local(since)),
-        (None, Some(until)) => format!("Presses until {}", local(until)),
+        (Some(since), None) => format!("Presses from {}", local_minute(since)),
+        (None, Some(until)) => format!("Presses until {}", local_minute(until)),
         (None, None) => "All stored presses".to_string(),
     }
 }
@@ -295,7 +488,8 @@ fn write_table(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
         ]
         .into_iter()
         .map(|count| count.to_string())
-        .chain([index_text(counts.iel()), index_text(counts.nps())])
+        .chain(estimate_cells(counts.iel_estimate()))
+        .chain(estimate_cells(counts.nps_estimate()))
     };
     let rows: Vec<Vec<String>> = report
         .groups
@@ -332,18 +526,97 @@ fn write_table(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
                 "OTHER",
                 "SCORES",
                 "IEL",
-                "NPS"
+                "95 %",
+                "N",
+                "NPS",
+                "95 %",
+                "N"
             ],
             &rows
         )
     )?;
+    let groups = report.groups.iter().map(|(_, counts)| counts);
+    write_index_footnotes(
+        "Suppressed presses (anti-spam) are in no other column and in neither index; \
+         OTHER: unmapped keys and other answers; -: nothing to compute from.",
+        any_few_answers(groups.chain([&report.total])),
+        out,
+    )
+}
+
+/// Both periods as rows, then a line per index with its change.
+fn write_comparison(comparison: &Comparison, out: &mut dyn Write) -> anyhow::Result<()> {
+    let Comparison {
+        period,
+        this,
+        before,
+    } = comparison;
+    let local = |at: Option<DateTime<Utc>>| at.map(local_minute).unwrap_or_default();
+    let rows: Vec<Vec<String>> = [("before", before), ("this", this)]
+        .into_iter()
+        .map(|(name, (range, counts))| {
+            [name.to_string(), local(range.since), local(range.until)]
+                .into_iter()
+                .chain(estimate_cells(counts.iel_estimate()))
+                .chain(estimate_cells(counts.nps_estimate()))
+                .collect()
+        })
+        .collect();
     writeln!(
         out,
-        "\nIEL = 100 × (yes − no) / (yes + neutral + no); NPS = 100 × (scores 9-10 − scores 0-6) / scores.\n\
-         Suppressed presses (anti-spam) are in no other column and in neither index; \
-         OTHER: unmapped keys and other answers; -: nothing to compute from."
+        "The last {period} against the {period} before it\n",
+        period = period.text
     )?;
-    Ok(())
+    write!(
+        out,
+        "{}",
+        aligned_table(
+            &["PERIOD", "FROM", "UNTIL", "IEL", "95 %", "N", "NPS", "95 %", "N"],
+            &rows
+        )
+    )?;
+    writeln!(out)?;
+    let lines = [
+        (
+            "IEL",
+            comparison.iel_change(),
+            "yes, neutral or no answers",
+            this.1.iel(),
+            before.1.iel(),
+        ),
+        (
+            "NPS",
+            comparison.nps_change(),
+            "scores",
+            this.1.nps(),
+            before.1.nps(),
+        ),
+    ];
+    for (name, change, answers, this_index, before_index) in lines {
+        match change {
+            Some(change) => writeln!(
+                out,
+                "{name}: {:+.1} points, {} (up to ±{:.1} points is noise at 95 %){}",
+                one_decimal(change.points),
+                change.verdict(),
+                one_decimal(change.noise),
+                mark(change.few_answers)
+            )?,
+            None => {
+                let missing = match (this_index, before_index) {
+                    (None, None) => "either period",
+                    (None, Some(_)) => "this period",
+                    _ => "the period before",
+                };
+                writeln!(out, "{name}: no {answers} in {missing}, nothing to compare")?;
+            }
+        }
+    }
+    write_index_footnotes(
+        "Suppressed presses (anti-spam) are in neither index; -: nothing to compute from.",
+        any_few_answers([&this.1, &before.1]),
+        out,
+    )
 }
 
 /// The numbers of a group as JSON and CSV write them.
@@ -358,8 +631,17 @@ struct Numbers {
     scores: u64,
     promoters: u64,
     detractors: u64,
+    /// yes + neutral + no: what the IEL is computed over (the NPS over
+    /// `scores`).
+    answers: u64,
     iel: Option<f64>,
+    iel_low: Option<f64>,
+    iel_high: Option<f64>,
     nps: Option<f64>,
+    nps_low: Option<f64>,
+    nps_high: Option<f64>,
+    /// The IEL or the NPS is from fewer than [`FEW_ANSWERS`] answers.
+    few_answers: bool,
 }
 
 #[derive(Serialize)]
@@ -383,8 +665,54 @@ struct JsonGroup {
     numbers: Numbers,
 }
 
+#[derive(Serialize)]
+struct JsonComparison {
+    period: String,
+    this: JsonPeriod,
+    before: JsonPeriod,
+    iel: Option<JsonChange>,
+    nps: Option<JsonChange>,
+}
+
+#[derive(Serialize)]
+struct JsonPeriod {
+    #[serde(flatten)]
+    range: JsonRange,
+    #[serde(flatten)]
+    numbers: Numbers,
+}
+
+#[derive(Serialize)]
+struct JsonChange {
+    change: f64,
+    noise: f64,
+    larger_than_noise: bool,
+    few_answers: bool,
+}
+
+impl From<&TimeRange> for JsonRange {
+    fn from(range: &TimeRange) -> JsonRange {
+        JsonRange {
+            since: range.since.map(format_timestamp),
+            until: range.until.map(format_timestamp),
+        }
+    }
+}
+
+impl From<Change> for JsonChange {
+    fn from(change: Change) -> JsonChange {
+        JsonChange {
+            change: one_decimal(change.points),
+            noise: one_decimal(change.noise),
+            larger_than_noise: change.larger_than_noise,
+            few_answers: change.few_answers,
+        }
+    }
+}
+
 impl From<&Counts> for Numbers {
     fn from(counts: &Counts) -> Numbers {
+        let (iel, nps) = (counts.iel_estimate(), counts.nps_estimate());
         Numbers {
             presses: counts.presses,
             suppressed: counts.suppressed,
@@ -395,18 +723,35 @@ impl From<&Counts> for Numbers {
             scores: counts.scores,
             promoters: counts.promoters,
             detractors: counts.detractors,
+            answers: counts.yes + counts.neutral + counts.no,
             iel: counts.iel().map(one_decimal),
+            iel_low: iel.map(|iel| one_decimal(iel.low)),
+            iel_high: iel.map(|iel| one_decimal(iel.high)),
             nps: counts.nps().map(one_decimal),
+            nps_low: nps.map(|nps| one_decimal(nps.low)),
+            nps_high: nps.map(|nps| one_decimal(nps.high)),
+            few_answers: any_few_answers([counts]),
         }
+    }
+}
+
+fn comparison_json(comparison: &Comparison) -> JsonComparison {
+    let period = |(range, counts): &(TimeRange, Counts)| JsonPeriod {
+        range: JsonRange::from(range),
+        numbers: Numbers::from(counts),
+    };
+    JsonComparison {
+        period: comparison.period.text.clone(),
+        this: period(&comparison.this),
+        before: period(&comparison.before),
+        iel: comparison.iel_change().map(JsonChange::from),
+        nps: comparison.nps_change().map(JsonChange::from),
     }
 }
 
 fn report_json(report: &Report) -> JsonReport {
     JsonReport {
-        range: JsonRange {
-            since: report.range.since.map(format_timestamp),
-            until: report.range.until.map(format_timestamp),
-        },
+        range: JsonRange::from(&report.range),
         by: report.by.name(),
         groups: report
             .groups
@@ -437,6 +782,12 @@ fn write_csv(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
         "detractors",
         "iel",
         "nps",
+        "answers",
+        "iel_low",
+        "iel_high",
+        "nps_low",
+        "nps_high",
+        "few_answers",
     ])?;
     let lines = report
         .groups
@@ -444,9 +795,9 @@ fn write_csv(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
         .map(|(group, counts)| (group.label().unwrap_or_default(), counts))
         .chain(std::iter::once(("total".to_string(), &report.total)));
     for (label, counts) in lines {
-        let index = |index: Option<f64>| {
-            index.map_or_else(String::new, |index| format!("{:.1}", one_decimal(index)))
-        };
+        let index =
+            |index: Option<f64>| index.map_or_else(String::new, |index| format!("{index:.1}"));
+        let numbers = Numbers::from(counts);
         let mut record = vec![label];
         record.extend(
             [
@@ -463,8 +814,18 @@ fn write_csv(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
             .iter()
             .map(u64::to_string),
         );
-        record.push(index(counts.iel()));
-        record.push(index(counts.nps()));
+        record.extend([numbers.iel, numbers.nps].map(index));
+        record.push(numbers.answers.to_string());
+        record.extend(
+            [
+                numbers.iel_low,
+                numbers.iel_high,
+                numbers.nps_low,
+                numbers.nps_high,
+            ]
+            .map(index),
+        );
+        record.push(numbers.few_answers.to_string());
         writer.write_record(&record)?;
     }
     writer.flush()?;

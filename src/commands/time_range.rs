@@ -2,6 +2,8 @@
 //! shop's local midnight), a local date and time (`2026-11-01T09:30`, or
 //! with a space), an RFC 3339 instant (`2026-11-01T09:30:00Z`), `today`,
 //! `yesterday`, or an age (`7d`, `24h`, `30m`: that long before now).
+//! Also the length of `report --compare PERIOD` (`7d`, `24h`), and the two
+//! periods it sets against each other.
 
 use chrono::{DateTime, Duration, Local, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 
@@ -25,6 +27,22 @@ impl TimeRange {
             anyhow::ensure!(since < until, "--since must be before --until");
         }
         Ok(TimeRange { since, until })
+    }
+
+    /// The period of `length` that ends at `until`, and the one of the same
+    /// length just before it: (this, before), touching, never overlapping.
+    pub fn this_and_before(length: Duration, until: DateTime<Utc>) -> (TimeRange, TimeRange) {
+        let start = until - length;
+        (
+            TimeRange {
+                since: Some(start),
+                until: Some(until),
+            },
+            TimeRange {
+                since: Some(start - length),
+                until: Some(start),
+            },
+        )
     }
 
     /// The bounds in milliseconds since the epoch, for `events.ts_ms`.
@@ -69,6 +87,51 @@ pub fn parse_instant(text: &str, now: DateTime<Local>) -> anyhow::Result<DateTim
         "\"{text}\" is not a time: use a date (2026-11-01), a local time (2026-11-01T09:30), \
          an RFC 3339 instant, today, yesterday, or an age such as 7d, 24h, 30m"
     )
+}
+
+/// The length of `--compare` as typed (`7d`) and as a duration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Period {
+    pub text: String,
+    pub length: Duration,
+}
+
+impl Period {
+    /// [`parse_period`], keeping the text (a clap value parser).
+    pub fn parse(text: &str) -> anyhow::Result<Period> {
+        Ok(Period {
+            text: text.to_string(),
+            length: parse_period(text)?,
+        })
+    }
+}
+
+/// The length of `--compare`: a whole number of days or hours above zero,
+/// digits then `d` or `h` and nothing else (`7d`, `24h`, `30d`). Strict,
+/// because a period read wrongly compares the wrong weeks without a sign.
+pub fn parse_period(text: &str) -> anyhow::Result<Duration> {
+    let refuse = || {
+        anyhow::anyhow!(
+            "\"{text}\" is not a period: use a whole number of days or hours, \
+             such as 7d, 24h or 30d"
+        )
+    };
+    // The last character need not be one byte (`7д`).
+    let unit_start = text.char_indices().last().map_or(0, |(index, _)| index);
+    let (number, unit) = text.split_at(unit_start);
+    if number.is_empty() || !number.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(refuse());
+    }
+    let count: i64 = number.parse().map_err(|_| refuse())?;
+    let length = match unit {
+        "d" => Duration::try_days(count),
+        "h" => Duration::try_hours(count),
+        _ => None,
+    };
+    // Twice the period is read, so twice must still be a time.
+    length
+        .filter(|length| count > 0 && length.checked_mul(2).is_some())
+        .ok_or_else(refuse)
 }
 
 fn parse_age(text: &str) -> Option<Duration> {
@@ -149,6 +212,51 @@ mod tests {
             let error = parse_instant(text, now()).expect_err(text).to_string();
             assert!(error.contains("7d"), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn a_period_is_whole_days_or_hours_and_nothing_else() {
+        assert_eq!(parse_period("7d").expect("7d"), Duration::days(7));
+        assert_eq!(parse_period("24h").expect("24h"), Duration::hours(24));
+        assert_eq!(parse_period("30d").expect("30d"), Duration::days(30));
+        for text in [
+            "",
+            "d",
+            "7",
+            "0d",
+            "+7d",
+            "-7d",
+            "7 d",
+            " 7d",
+            "7d ",
+            "7.5d",
+            "7w",
+            "30m",
+            "7D",
+            "7дd",
+            "7д",
+            "１d",
+            "99999999999999d",
+        ] {
+            let error = parse_period(text).expect_err(text).to_string();
+            assert!(
+                error.contains(&format!("\"{text}\" is not a period")) && error.contains("7d"),
+                "{text}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_period_before_ends_where_this_one_starts() {
+        let until = Utc
+            .with_ymd_and_hms(2026, 11, 16, 0, 0, 0)
+            .single()
+            .expect("utc");
+        let (this, before) = TimeRange::this_and_before(Duration::days(7), until);
+        assert_eq!(this.until, Some(until));
+        assert_eq!(this.since, Some(until - Duration::days(7)));
+        assert_eq!(before.until, this.since);
+        assert_eq!(before.since, Some(until - Duration::days(14)));
     }
 
     #[test]

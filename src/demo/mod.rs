@@ -413,6 +413,7 @@ fn demo_settings(data_dir: PathBuf, devices: Vec<DeviceSettings>, backend_url: &
             max_backoff: Duration::from_secs(4),
             paused_retry: Duration::from_secs(4),
         }],
+        http: None,
         log: LogSettings {
             level: "warn".to_string(),
             json: false,

@@ -23,6 +23,8 @@ pub mod tls;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
@@ -202,6 +204,7 @@ pub async fn run(
         store,
         failures: 0,
         state: SinkState::Ok,
+        ready: None,
     };
     task.run(&shutdown).await
 }
@@ -221,12 +224,29 @@ struct SinkTask {
     /// Failures in a row of the batch in flight.
     failures: u32,
     state: SinkState,
+    /// The next batch, read while the last one was in flight and recorded
+    /// as in flight when that one was delivered: a backlog goes out
+    /// without a read between two requests.
+    ready: Option<Batch>,
 }
 
 /// The batch being delivered.
 struct Batch {
     id: String,
     events: Vec<StoredEvent>,
+}
+
+impl Batch {
+    /// Records this batch as `sink`'s batch in flight.
+    fn begin(&self, sink: &str) -> SinkUpdate {
+        let (first, last) = seqno_range(&self.events);
+        SinkUpdate::Begin {
+            sink: sink.to_string(),
+            batch_id: self.id.clone(),
+            first_seqno: first,
+            last_seqno: last,
+        }
+    }
 }
 
 impl SinkTask {
@@ -246,11 +266,25 @@ impl SinkTask {
     /// Dead letters asked for, then the next batch, sent and settled.
     async fn round(&mut self, shutdown: &CancellationToken) -> Result<(), StoreError> {
         self.retry_dead_letters(shutdown).await?;
-        let Some(batch) = self.next_batch(shutdown).await? else {
-            return Ok(()); // woken without a batch: shutdown or new events
+        let batch = match self.ready.take() {
+            Some(batch) => batch,
+            None => match self.next_batch(shutdown).await? {
+                Some(batch) => batch,
+                None => return Ok(()), // woken without a batch: shutdown or new events
+            },
         };
-        let outcome = self.transport.deliver(&batch.id, &batch.events).await;
-        self.settle(batch, outcome, shutdown).await
+        // While the backend works on this batch, read what would follow it.
+        let (_, last) = seqno_range(&batch.events);
+        let limit = self.batch_limit;
+        let (outcome, following) = tokio::join!(
+            self.transport.deliver(&batch.id, &batch.events),
+            self.reader
+                .read(move |store| store.events_after(last, limit)),
+        );
+        // Only a full batch goes on at once; a partial one may still fill
+        // (`next_batch` decides), and a failed read is simply read again.
+        let following = following.ok().filter(|events| events.len() == limit);
+        self.settle(batch, outcome, following, shutdown).await
     }
 
     /// The batch in flight, or a new one from the cursor (recorded as in
@@ -309,10 +343,18 @@ impl SinkTask {
             }
             return Ok(None);
         }
-        if events.len() < limit {
-            // Let a partial batch fill for up to flush_interval: a busy shop
-            // sends full batches, a quiet one still sends within a second.
-            let deadline = tokio::time::Instant::now() + self.settings.flush_interval;
+        let waited = events
+            .first()
+            .and_then(|oldest| DateTime::parse_from_rfc3339(&oldest.event.ts).ok())
+            .and_then(|oldest_ts| (Utc::now() - oldest_ts.to_utc()).to_std().ok())
+            .unwrap_or_default();
+        let fill_for = self.settings.flush_interval.saturating_sub(waited);
+        if events.len() < limit && !fill_for.is_zero() {
+            // Let a partial batch fill until its oldest event has waited
+            // flush_interval: a busy shop sends full batches, a quiet one
+            // still sends within a second, and what already waited (the
+            // end of a backlog, presses kept through an outage) goes now.
+            let deadline = tokio::time::Instant::now() + fill_for;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(None),
@@ -336,22 +378,18 @@ impl SinkTask {
     }
 
     async fn begin(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        let (first, last) = seqno_range(&batch.events);
         self.store
-            .update_sink(SinkUpdate::Begin {
-                sink: self.settings.name.clone(),
-                batch_id: batch.id.clone(),
-                first_seqno: first,
-                last_seqno: last,
-            })
+            .update_sink(batch.begin(&self.settings.name))
             .await
     }
 
-    /// Acts on the answer to `batch`.
+    /// Acts on the answer to `batch`; `following` are the events after it,
+    /// the next batch if this one was delivered.
     async fn settle(
         &mut self,
         batch: Batch,
         outcome: Outcome,
+        following: Option<Vec<StoredEvent>>,
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
         let action = policy::decide(
@@ -364,13 +402,27 @@ impl SinkTask {
         match action {
             Action::Delivered => {
                 let (_, last) = seqno_range(&batch.events);
-                self.store
-                    .update_sink(SinkUpdate::Delivered {
-                        sink: name.clone(),
-                        through_seqno: last,
-                        count: batch.events.len() as u64,
-                    })
-                    .await?;
+                let delivered = self.store.update_sink(SinkUpdate::Delivered {
+                    sink: name.clone(),
+                    through_seqno: last,
+                    count: batch.events.len() as u64,
+                });
+                match following {
+                    // Queued together, the two usually share one commit;
+                    // the writer applies them in this order either way.
+                    Some(events) => {
+                        let next = Batch {
+                            id: Ulid::generate().to_string(),
+                            events,
+                        };
+                        let begun = self.store.update_sink(next.begin(&name));
+                        let (delivered, begun) = tokio::join!(delivered, begun);
+                        delivered?;
+                        begun?;
+                        self.ready = Some(next);
+                    }
+                    None => delivered.await?,
+                }
                 if self.state != SinkState::Ok {
                     tracing::info!(sink = %name, "delivering again after {} failed attempts", self.failures);
                 }

@@ -171,4 +171,126 @@ mod tests {
         }
         assert_eq!(delivered_through, *first.seqnos.last().expect("events"));
     }
+
+    /// A backlog goes out in full batches one right after another (the next
+    /// is read while one is in flight), the rest as a partial batch; each
+    /// event exactly once, and the cursor ends at the last.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_goes_out_batch_after_batch_without_waiting() {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let store = Store::open_writer(folder.path()).expect("a store");
+        let (handle, _writer) = writer::spawn(store, Default::default()).expect("the writer");
+        for seq in 1..=120 {
+            let mut press = press(seq);
+            press.ts -= Duration::from_secs(60); // kept through an outage
+            handle.press(press, None).await.expect("queued");
+        }
+        handle.flush().await.expect("committed");
+        let (scripted, attempts, attempted) = Scripted::new(Vec::new());
+        let shutdown = CancellationToken::new();
+        let started = Instant::now();
+        let task = tokio::spawn(sink::run(
+            settings(),
+            Transport::Scripted(scripted),
+            folder.path().to_path_buf(),
+            handle.clone(),
+            shutdown.clone(),
+        ));
+        while attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+            < 3
+        {
+            attempted.notified().await;
+        }
+        let reader = Store::open_reader(folder.path()).expect("a reader");
+        while reader
+            .sink_cursor("reporter")
+            .expect("the cursor")
+            .delivered_seqno
+            < 120
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        task.await.expect("the sink task").expect("no store error");
+        let attempts = attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let batches: Vec<Vec<i64>> = attempts
+            .iter()
+            .map(|attempt| attempt.seqnos.clone())
+            .collect();
+        assert_eq!(
+            batches,
+            vec![
+                (1..=50).collect(),
+                (51..=100).collect(),
+                (101..=120).collect::<Vec<i64>>()
+            ]
+        );
+        let ids: std::collections::HashSet<&String> =
+            attempts.iter().map(|attempt| &attempt.batch_id).collect();
+        assert_eq!(ids.len(), 3, "a new batch id for each batch");
+        for attempt in &attempts {
+            assert_eq!(attempt.at, started, "no batch waited");
+        }
+        let cursor = reader.sink_cursor("reporter").expect("the cursor");
+        assert!(
+            cursor.in_flight.is_none(),
+            "nothing left in flight: {cursor:?}"
+        );
+    }
+
+    /// A partial batch waits for more until its oldest event has waited
+    /// `flush_interval`, counted from when the press was read: fresh
+    /// presses wait the whole interval, presses kept through an outage or
+    /// behind a backlog go at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_batch_waits_only_until_its_oldest_event_has_waited_the_interval() {
+        let settings = settings();
+        for (age, expected_wait) in [
+            (Duration::ZERO, settings.flush_interval),
+            (settings.flush_interval / 4, settings.flush_interval * 3 / 4),
+            (Duration::from_secs(30), Duration::ZERO),
+        ] {
+            let folder = tempfile::tempdir().expect("a temporary folder");
+            let store = Store::open_writer(folder.path()).expect("a store");
+            let (handle, _writer) = writer::spawn(store, Default::default()).expect("the writer");
+            for seq in 1..=3 {
+                let mut press = press(seq);
+                press.ts -= age;
+                handle.press(press, None).await.expect("queued");
+            }
+            handle.flush().await.expect("committed");
+            let (scripted, attempts, attempted) = Scripted::new(Vec::new());
+            let shutdown = CancellationToken::new();
+            let started = Instant::now();
+            let task = tokio::spawn(sink::run(
+                settings.clone(),
+                Transport::Scripted(scripted),
+                folder.path().to_path_buf(),
+                handle.clone(),
+                shutdown.clone(),
+            ));
+            attempted.notified().await;
+            shutdown.cancel();
+            task.await.expect("the sink task").expect("no store error");
+            let attempt = attempts.lock().unwrap_or_else(PoisonError::into_inner)[0].clone();
+            assert_eq!(
+                attempt.seqnos,
+                vec![1, 2, 3],
+                "one partial batch (age {age:?})"
+            );
+            let waited = attempt.at - started;
+            // The wall clock moved a little while the presses were stored.
+            let slack = Duration::from_millis(50);
+            assert!(
+                waited <= expected_wait && waited + slack >= expected_wait,
+                "age {age:?}: sent after {waited:?}, expected {expected_wait:?}"
+            );
+        }
+    }
 }

@@ -99,6 +99,8 @@ pub struct DeviceRow {
     pub last_error: Option<String>,
     /// ACKs dropped because the device did not read them in time.
     pub acks_dropped: u64,
+    /// Bytes read that belonged to no frame.
+    pub noise_bytes: u64,
 }
 
 /// A unit's row, as `status` shows it (its JSON is the contract's).
@@ -127,7 +129,7 @@ impl FromSql for LinkState {
 const DEVICE_COLUMNS: &str =
     "name, model, port, state, state_since, hardware_id, firmware, last_frame_at,
      last_press_at, presses, duplicates, bad_frames, unknown_frames, reconnects, last_error,
-     acks_dropped";
+     acks_dropped, noise_bytes";
 
 fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
     Ok(DeviceRow {
@@ -147,6 +149,7 @@ fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         reconnects: row.get(13)?,
         last_error: row.get(14)?,
         acks_dropped: row.get(15)?,
+        noise_bytes: row.get(16)?,
     })
 }
 

@@ -62,7 +62,10 @@ impl Estimate {
         let difference = p_plus - p_minus;
         let variance = ((p_plus + p_minus - difference * difference) / n).max(0.0);
         let standard_error = 100.0 * variance.sqrt();
-        let value = 100.0 * difference;
+        // The same arithmetic as `Counts::iel`/`nps`, so that a value
+        // rounds the same wherever it is shown (100 × (p+ − p−) can differ
+        // in the last bit).
+        let value = 100.0 * (plus as f64 - minus as f64) / n;
         Some(Estimate {
             value,
             low: (value - Z_95 * standard_error).max(-100.0),
@@ -76,8 +79,14 @@ impl Estimate {
     /// Whether `self − earlier` is larger than the noise: the difference of
     /// two independent samples' indices is outside ±1.96 × sqrt(se₁² + se₂²).
     pub fn differs_from(&self, earlier: &Estimate) -> bool {
-        let noise = Z_95 * self.standard_error.hypot(earlier.standard_error);
-        (self.value - earlier.value).abs() > noise
+        (self.value - earlier.value).abs() > self.noise_against(earlier)
+    }
+
+    /// The largest change from `earlier` that is still noise, in index
+    /// points: 1.96 × sqrt(se₁² + se₂²), the half-width of the 95 %
+    /// interval of the difference of two independent samples' indices.
+    pub fn noise_against(&self, earlier: &Estimate) -> f64 {
+        Z_95 * self.standard_error.hypot(earlier.standard_error)
     }
 }
 
@@ -256,6 +265,9 @@ mod tests {
         let this_week = Estimate::of_difference(300, 100, 500).expect("answers"); // 40
         let forty_less = Estimate::of_difference(100, 100, 500).expect("answers"); // 0
         let two_less = Estimate::of_difference(295, 105, 500).expect("answers"); // 38
+                                                                                 // se 100 × sqrt((0.8 − 0.16) / 500) = 3.578 and 100 × sqrt(0.4 /
+                                                                                 // 500) = 2.828 points: noise 1.96 × sqrt(3.578² + 2.828²) = 8.94.
+        assert!((this_week.noise_against(&forty_less) - 8.939).abs() < 0.001);
         assert!(this_week.differs_from(&forty_less));
         assert!(!this_week.differs_from(&two_less));
     }

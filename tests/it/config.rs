@@ -458,3 +458,78 @@ fn config_check_resolves_variables_and_names_an_unset_one() {
         "{all}"
     );
 }
+
+#[test]
+fn the_page_listens_beyond_loopback_only_with_a_token() {
+    check_error(
+        &format!("{AGENT}\n[http]\nlisten = \"0.0.0.0:8587\"\n"),
+        6,
+        "http.listen",
+        "no token is set",
+    );
+    check_error(
+        &format!("{AGENT}\n[http]\nlisten = \"192.168.1.20:8587\"\n"),
+        6,
+        "http.listen",
+        "set token_file",
+    );
+    check_error(
+        &format!("{AGENT}\n[http]\nlisten = \"localhost\"\n"),
+        6,
+        "http.listen",
+        "not an address and port",
+    );
+    check_error(
+        &format!("{AGENT}\n[http]\nport = 8587\n"),
+        6,
+        "http.port",
+        "unknown field `port`",
+    );
+    check_error(
+        &format!("{AGENT}\n[http]\ntoken = \"a\"\ntoken_file = \"b\"\n"),
+        7,
+        "http.token_file",
+        "only one of",
+    );
+
+    let settings = config::parse(&format!("{AGENT}\n[http]\n"), Path::new("t.toml"))
+        .expect("an empty [http] is valid");
+    let http = settings.http.expect("[http] enables the page");
+    assert_eq!(http.listen.to_string(), "127.0.0.1:8587");
+    assert_eq!(http.token, SecretSource::None);
+    let settings = config::parse(
+        &format!("{AGENT}\n[http]\nlisten = \"0.0.0.0:9100\"\ntoken_env = \"EPM_HTTP_TOKEN\"\n"),
+        Path::new("t.toml"),
+    )
+    .expect("beyond loopback with a token");
+    assert_eq!(
+        settings.http.map(|http| http.token),
+        Some(SecretSource::Environment("EPM_HTTP_TOKEN".into()))
+    );
+    let settings = config::parse(AGENT, Path::new("t.toml")).expect("valid");
+    assert!(settings.http.is_none(), "no [http], no listener");
+}
+
+#[test]
+fn config_check_refuses_the_page_on_a_network_address_without_a_token_naming_the_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("open.toml");
+    std::fs::write(
+        &file,
+        format!("{AGENT}\n[http]\nlisten = \"0.0.0.0:8587\"\n"),
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run epm-agent");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("open.toml:6:")
+            && stderr.contains("http.listen")
+            && stderr.contains("token"),
+        "{stderr}"
+    );
+}

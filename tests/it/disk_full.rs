@@ -159,11 +159,26 @@ impl Drop for FullDisk {
     }
 }
 
+/// Unmounts (lazily) when the test ends, passed or not.
+pub(crate) struct Unmount(pub(crate) PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// Mounts a small tmpfs on `mount`; false where this is not permitted.
 fn mount_tmpfs(mount: &Path) -> bool {
+    mount_tmpfs_of(mount, TMPFS_SIZE)
+}
+
+/// Mounts a tmpfs of `size` (`mount -o size=`) on `mount`; false where
+/// this is not permitted.
+pub(crate) fn mount_tmpfs_of(mount: &Path, size: &str) -> bool {
     std::fs::create_dir(mount).expect("a mount point");
     Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_SIZE},mode=0700")])
+        .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
         .arg("tmpfs")
         .arg(mount)
         .stderr(Stdio::null())
@@ -172,7 +187,7 @@ fn mount_tmpfs(mount: &Path) -> bool {
 }
 
 /// Writes `ballast` until the filesystem has no byte left.
-fn fill_to_the_last_byte(ballast: &Path) {
+pub(crate) fn fill_to_the_last_byte(ballast: &Path) {
     let mut file = File::create(ballast).expect("ballast file");
     let chunk = vec![0x5a_u8; 64 * 1024];
     loop {
@@ -711,15 +726,6 @@ mod daemon {
                 let _ = self.0.kill();
                 let _ = self.0.wait();
             }
-        }
-    }
-
-    /// Unmounts (lazily) when the test ends, passed or not.
-    struct Unmount(PathBuf);
-
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
 

@@ -75,6 +75,9 @@ mod notify;
 /// The Debian package's inputs.
 mod package;
 
+/// The local page in a real Chromium, /health on a full disk, /metrics against the store.
+mod page;
+
 /// The whole pipeline through pseudo-terminals.
 mod pipeline;
 
