@@ -87,6 +87,10 @@ const RECOVERY_PRESSES: usize = 1_000;
 const OUTAGE: Duration = Duration::from_secs(10);
 const RETRY_AFTER_S: u64 = 1;
 
+/// How long after a burst its memory is read again: longer than the
+/// agent's heartbeat, which hands freed memory back to the system.
+const SETTLE: Duration = Duration::from_secs(7);
+
 /// How long the backend may take to hold every press of a workload.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 /// No request for this long (after the start's status event) means the
@@ -181,6 +185,8 @@ struct BurstResult {
     first_byte_at: Instant,
     memory_before: Memory,
     memory_after: Memory,
+    /// [`SETTLE`] after the last press was delivered.
+    memory_settled: Memory,
     agent_cpu_s: f64,
     harness_cpu_s: f64,
     requests: usize,
@@ -334,6 +340,8 @@ fn burst(binary: &Path, base: &Path) -> BurstResult {
     let harness_cpu_s = cpu_seconds(std::process::id()).unwrap_or(f64::NAN) - harness_cpu_before;
     let log = keypad.wait_for_acks(BURST_PRESSES, Duration::from_secs(10));
     let memory_after = Memory::of(pid).unwrap_or_else(|| agent.fail("cannot read its memory"));
+    std::thread::sleep(SETTLE);
+    let memory_settled = Memory::of(pid).unwrap_or_else(|| agent.fail("cannot read its memory"));
     let (Some(first_byte_at), Some(written_at)) = (log.first_byte_at, log.written_at) else {
         agent.fail("the keypad wrote no burst")
     };
@@ -356,6 +364,7 @@ fn burst(binary: &Path, base: &Path) -> BurstResult {
         first_byte_at,
         memory_before,
         memory_after,
+        memory_settled,
         agent_cpu_s,
         harness_cpu_s,
         requests,
@@ -1179,6 +1188,13 @@ fn report_burst(burst: &BurstResult) {
         burst.memory_after.file_kb,
         burst.memory_after.peak_kb,
         burst.memory_after.threads,
+    );
+    println!(
+        "{:?} after the last press: VmRSS {} kB, RssAnon {} kB, RssFile {} kB",
+        SETTLE,
+        burst.memory_settled.rss_kb,
+        burst.memory_settled.anon_kb,
+        burst.memory_settled.file_kb,
     );
     let mut slices: BTreeMap<u128, (u64, u64)> = BTreeMap::new();
     for sample in &burst.samples {
