@@ -90,18 +90,92 @@ mod tests {
         settings.sinks[0].clone()
     }
 
+    /// A sink task on a real store holding `presses`, its transport
+    /// answering `answers` (then accepting).
+    struct Rig {
+        folder: tempfile::TempDir,
+        attempts: Arc<Mutex<Vec<Attempt>>>,
+        attempted: Arc<Notify>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<Result<(), crate::store::StoreError>>,
+        started: Instant,
+    }
+
+    impl Rig {
+        async fn start(presses: Vec<NewPress>, answers: Vec<Outcome>) -> Rig {
+            let folder = tempfile::tempdir().expect("a temporary folder");
+            let store = Store::open_writer(folder.path()).expect("a store");
+            let (handle, _writer) = writer::spawn(store, Default::default()).expect("the writer");
+            for press in presses {
+                handle.press(press, None).await.expect("queued");
+            }
+            handle.flush().await.expect("committed");
+            let (scripted, attempts, attempted) = Scripted::new(answers);
+            let shutdown = CancellationToken::new();
+            let started = Instant::now();
+            let task = tokio::spawn(sink::run(
+                settings(),
+                Transport::Scripted(scripted),
+                folder.path().to_path_buf(),
+                handle,
+                shutdown.clone(),
+            ));
+            Rig {
+                folder,
+                attempts,
+                attempted,
+                shutdown,
+                task,
+                started,
+            }
+        }
+
+        /// Waits (on the sink's own timers) until `count` attempts were made.
+        async fn wait_for_attempts(&self, count: usize) {
+            while self.attempts().len() < count {
+                self.attempted.notified().await;
+            }
+        }
+
+        fn attempts(&self) -> Vec<Attempt> {
+            self.attempts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+
+        /// Waits until the cursor has passed `seqno`; returns where it is.
+        async fn wait_for_delivery_past(&self, seqno: i64) -> i64 {
+            let reader = Store::open_reader(self.folder.path()).expect("a reader");
+            loop {
+                let cursor = reader.sink_cursor("reporter").expect("the cursor");
+                if cursor.delivered_seqno > seqno {
+                    return cursor.delivered_seqno;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        async fn stop(self) -> Vec<Attempt> {
+            self.shutdown.cancel();
+            let attempts = Arc::clone(&self.attempts);
+            self.task
+                .await
+                .expect("the sink task")
+                .expect("no store error");
+            let attempts = attempts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            attempts
+        }
+    }
+
     /// Three "try later" failures, then the backend accepts: the same
     /// batch (id and events) is sent each time, each wait is drawn inside
     /// its backoff step, and only the acceptance moves the cursor.
     #[tokio::test(start_paused = true)]
     async fn try_later_resends_the_same_batch_after_each_backoff_step() {
-        let folder = tempfile::tempdir().expect("a temporary folder");
-        let store = Store::open_writer(folder.path()).expect("a store");
-        let (handle, _writer) = writer::spawn(store, Default::default()).expect("the writer");
-        for seq in 1..=20 {
-            handle.press(press(seq), None).await.expect("queued");
-        }
-        handle.flush().await.expect("committed");
         let failures = vec![
             Outcome::Status {
                 code: 503,
@@ -113,41 +187,13 @@ mod tests {
                 retry_after: None,
             },
         ];
-        let (scripted, attempts, attempted) = Scripted::new(failures);
         let settings = settings();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(sink::run(
-            settings.clone(),
-            Transport::Scripted(scripted),
-            folder.path().to_path_buf(),
-            handle.clone(),
-            shutdown.clone(),
-        ));
+        let rig = Rig::start((1..=20).map(press).collect(), failures).await;
         // No timer of the test's own: the paused clock moves only to the
         // sink's timers, so the gaps are exactly the waits it chose.
-        while attempts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-            < 4
-        {
-            attempted.notified().await;
-        }
-        let reader = Store::open_reader(folder.path()).expect("a reader");
-        let delivered_through = loop {
-            let cursor = reader.sink_cursor("reporter").expect("the cursor");
-            if cursor.delivered_seqno > 0 {
-                break cursor.delivered_seqno;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        shutdown.cancel();
-        task.await.expect("the sink task").expect("no store error");
-
-        let attempts = attempts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        rig.wait_for_attempts(4).await;
+        let delivered_through = rig.wait_for_delivery_past(0).await;
+        let attempts = rig.stop().await;
         let first = &attempts[0];
         assert_eq!(
             first.seqnos,
@@ -177,48 +223,19 @@ mod tests {
     /// event exactly once, and the cursor ends at the last.
     #[tokio::test(start_paused = true)]
     async fn a_backlog_goes_out_batch_after_batch_without_waiting() {
-        let folder = tempfile::tempdir().expect("a temporary folder");
-        let store = Store::open_writer(folder.path()).expect("a store");
-        let (handle, _writer) = writer::spawn(store, Default::default()).expect("the writer");
-        for seq in 1..=120 {
-            let mut press = press(seq);
-            press.ts -= Duration::from_secs(60); // kept through an outage
-            handle.press(press, None).await.expect("queued");
-        }
-        handle.flush().await.expect("committed");
-        let (scripted, attempts, attempted) = Scripted::new(Vec::new());
-        let shutdown = CancellationToken::new();
-        let started = Instant::now();
-        let task = tokio::spawn(sink::run(
-            settings(),
-            Transport::Scripted(scripted),
-            folder.path().to_path_buf(),
-            handle.clone(),
-            shutdown.clone(),
-        ));
-        while attempts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-            < 3
-        {
-            attempted.notified().await;
-        }
-        let reader = Store::open_reader(folder.path()).expect("a reader");
-        while reader
-            .sink_cursor("reporter")
-            .expect("the cursor")
-            .delivered_seqno
-            < 120
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        shutdown.cancel();
-        task.await.expect("the sink task").expect("no store error");
-        let attempts = attempts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let presses = (1..=120)
+            .map(|seq| {
+                let mut press = press(seq);
+                press.ts -= Duration::from_secs(60); // kept through an outage
+                press
+            })
+            .collect();
+        let rig = Rig::start(presses, Vec::new()).await;
+        rig.wait_for_attempts(3).await;
+        rig.wait_for_delivery_past(119).await;
+        let reader = Store::open_reader(rig.folder.path()).expect("a reader");
+        let started = rig.started;
+        let attempts = rig.stop().await;
         let batches: Vec<Vec<i64>> = attempts
             .iter()
             .map(|attempt| attempt.seqnos.clone())
@@ -256,29 +273,17 @@ mod tests {
             (settings.flush_interval / 4, settings.flush_interval * 3 / 4),
             (Duration::from_secs(30), Duration::ZERO),
         ] {
-            let folder = tempfile::tempdir().expect("a temporary folder");
-            let store = Store::open_writer(folder.path()).expect("a store");
-            let (handle, _writer) = writer::spawn(store, Default::default()).expect("the writer");
-            for seq in 1..=3 {
-                let mut press = press(seq);
-                press.ts -= age;
-                handle.press(press, None).await.expect("queued");
-            }
-            handle.flush().await.expect("committed");
-            let (scripted, attempts, attempted) = Scripted::new(Vec::new());
-            let shutdown = CancellationToken::new();
-            let started = Instant::now();
-            let task = tokio::spawn(sink::run(
-                settings.clone(),
-                Transport::Scripted(scripted),
-                folder.path().to_path_buf(),
-                handle.clone(),
-                shutdown.clone(),
-            ));
-            attempted.notified().await;
-            shutdown.cancel();
-            task.await.expect("the sink task").expect("no store error");
-            let attempt = attempts.lock().unwrap_or_else(PoisonError::into_inner)[0].clone();
+            let presses = (1..=3)
+                .map(|seq| {
+                    let mut press = press(seq);
+                    press.ts -= age;
+                    press
+                })
+                .collect();
+            let rig = Rig::start(presses, Vec::new()).await;
+            rig.wait_for_attempts(1).await;
+            let started = rig.started;
+            let attempt = rig.stop().await[0].clone();
             assert_eq!(
                 attempt.seqnos,
                 vec![1, 2, 3],
