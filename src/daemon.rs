@@ -209,6 +209,7 @@ struct Supervisor {
     devices: HashMap<String, Running>,
     sinks: HashMap<String, Running>,
     housekeeping: Option<Running>,
+    page: Option<Running>,
 }
 
 async fn supervise(
@@ -233,15 +234,11 @@ async fn supervise(
         "epm-agent {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    // Sinks are built before anything starts: a bad CA file or proxy is a
+    // Sinks are built and the page's port bound before anything starts: a
+    // bad CA file or proxy, a port in use or an unreadable token is a
     // configuration error, reported before the daemon runs.
     let first = plan(None, &settings);
     let prepared = prepare(&first, &settings).await?;
-    // A port in use or an unreadable token stops the start here.
-    let page_listener = match &settings.http {
-        Some(http) => Some(page::Listener::bind(http).await?),
-        None => None,
-    };
     let (handle, writer_thread) = writer::spawn(store, WriterOptions::default())?;
     handle.daemon_started().await?;
 
@@ -257,16 +254,9 @@ async fn supervise(
         devices: HashMap::new(),
         sinks: HashMap::new(),
         housekeeping: None,
+        page: None,
     };
     supervisor.carry_out(first, prepared, settings).await?;
-    let page = page_listener.map(|listener| {
-        tokio::spawn(page::serve(
-            listener,
-            supervisor.applied.subscribe(),
-            handle.clone(),
-            shutdown.child_token(),
-        ))
-    });
     let status_events = supervisor.spawn(
         "status events".into(),
         agent_status::run(
@@ -301,10 +291,6 @@ async fn supervise(
     notify::stopping();
     shutdown.cancel();
     let _ = status_events.await;
-    if let Some(page) = page {
-        // It holds a store handle: the writer ends only after it.
-        let _ = page.await;
-    }
     supervisor
         .stop_all(Reporter::new(data_dir, handle.clone()))
         .await;
@@ -344,6 +330,12 @@ struct Plan {
     /// Housekeeping starts again: the store settings or the sinks it waits
     /// for changed (or nothing runs yet).
     restart_housekeeping: bool,
+    /// The local page starts anew: `[http]` changed (or is set and nothing
+    /// runs yet).
+    restart_page: bool,
+    /// … on the address the running page listens on: the new listener can
+    /// only be bound once the old one is closed.
+    page_keeps_address: bool,
     /// Changed settings that only a restart applies.
     at_next_start: Vec<NextStart>,
 }
@@ -353,8 +345,6 @@ enum NextStart {
     /// The store stays where it is open.
     DataDir,
     Log,
-    /// The page keeps its listener.
-    Http,
 }
 
 /// The plan from `running` (`None`: nothing runs yet) to `new`.
@@ -368,6 +358,7 @@ fn plan(running: Option<&Settings>, new: &Settings) -> Plan {
                 .collect(),
             start_sinks: new.sinks.iter().map(|sink| sink.name.clone()).collect(),
             restart_housekeeping: true,
+            restart_page: new.http.is_some(),
             ..Plan::default()
         };
     };
@@ -407,9 +398,11 @@ fn plan(running: Option<&Settings>, new: &Settings) -> Plan {
     if old.log != new.log {
         plan.at_next_start.push(NextStart::Log);
     }
-    if old.http != new.http {
-        plan.at_next_start.push(NextStart::Http);
-    }
+    plan.restart_page = old.http != new.http;
+    plan.page_keeps_address = match (&old.http, &new.http) {
+        (Some(old), Some(new)) => plan.restart_page && old.listen == new.listen,
+        _ => false,
+    };
     plan
 }
 
@@ -421,6 +414,9 @@ struct Prepared {
     /// Reads each started device's duplicate window and counters.
     reader: AsyncReader,
     windows: HashMap<String, chrono::Duration>,
+    /// The new page's listener, when it can be bound beside the running
+    /// one (a port in use or an unreadable token fails here).
+    page: Option<page::Listener>,
 }
 
 async fn prepare(plan: &Plan, new: &Settings) -> anyhow::Result<Prepared> {
@@ -439,10 +435,21 @@ async fn prepare(plan: &Plan, new: &Settings) -> anyhow::Result<Prepared> {
             .context("duplicate window out of range")?;
         windows.insert(device.name.clone(), window);
     }
+    let mut page = None;
+    if let (true, Some(http)) = (plan.restart_page, &new.http) {
+        if plan.page_keeps_address {
+            // Bound after the running page closes; its token is read now.
+            crate::sink::secret::resolve(&http.token, "token")
+                .map_err(|message| anyhow::anyhow!("[http] token: {message}"))?;
+        } else {
+            page = Some(page::Listener::bind(http).await?);
+        }
+    }
     Ok(Prepared {
         transports,
         reader: AsyncReader::open(new.agent.data_dir.clone()).await?,
         windows,
+        page,
     })
 }
 
@@ -523,9 +530,6 @@ impl Supervisor {
                     }
                     NextStart::Log => {
                         tracing::warn!("[log] settings take effect at the next start")
-                    }
-                    NextStart::Http => {
-                        tracing::warn!("[http] settings take effect at the next start")
                     }
                 }
             }
@@ -609,8 +613,41 @@ impl Supervisor {
             "configuration applied"
         );
         self.applied.send_replace(Arc::new(new.clone()));
+        if plan.restart_page {
+            self.restart_page(&new, prepared.page.take()).await;
+        }
         self.settings = Some(new);
         Ok(())
+    }
+
+    /// Stops the running page, if any, and serves `new`'s on `listener`
+    /// (bound in `prepare`), or binds it now on the address just freed.
+    async fn restart_page(&mut self, new: &Settings, listener: Option<page::Listener>) {
+        if let Some(running) = self.page.take() {
+            running.stop().await;
+        }
+        let listener = match (listener, &new.http) {
+            (Some(listener), _) => listener,
+            (None, Some(http)) => match page::Listener::bind(http).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::error!("the local page is off until the next reload: {error}");
+                    return;
+                }
+            },
+            (None, None) => {
+                tracing::info!("the local page is off ([http] removed)");
+                return;
+            }
+        };
+        let stop = self.shutdown.child_token();
+        let task = tokio::spawn(page::serve(
+            listener,
+            self.applied.subscribe(),
+            self.store.clone(),
+            stop.clone(),
+        ));
+        self.page = Some(Running { task, stop });
     }
 
     fn spawn(
@@ -630,6 +667,10 @@ impl Supervisor {
     /// stop's status event and gives the sinks that are delivering a
     /// moment to send it, then stops the sinks.
     async fn stop_all(&mut self, mut reporter: Reporter) {
+        if let Some(page) = self.page.take() {
+            // It holds a store handle: the writer ends only after it.
+            page.stop().await;
+        }
         let devices = self.devices.drain().map(|(_, running)| running.cancel());
         futures_util::future::join_all(devices.collect::<Vec<_>>()).await;
         if let Some(running) = self.housekeeping.take() {
@@ -878,6 +919,8 @@ path = "/var/lib/epm-agent/export"
         stop_sinks: &'a [&'a str],
         start_sinks: &'a [&'a str],
         restart_housekeeping: bool,
+        restart_page: bool,
+        page_keeps_address: bool,
         at_next_start: &'a [NextStart],
     }
 
@@ -887,6 +930,8 @@ path = "/var/lib/epm-agent/export"
         stop_sinks: &[],
         start_sinks: &[],
         restart_housekeeping: false,
+        restart_page: false,
+        page_keeps_address: false,
         at_next_start: &[],
     };
 
@@ -977,15 +1022,53 @@ path = "/var/lib/epm-agent/export"
                 },
             ),
             (
-                "[http] added: at the next start, nothing stops",
+                "[http] added: the page starts, nothing else stops",
                 format!("{BASE}\n[http]\nlisten = \"127.0.0.1:8587\"\n"),
                 Expected {
-                    at_next_start: &[NextStart::Http],
+                    restart_page: true,
                     ..NOTHING
                 },
             ),
         ];
-        let running = settings(BASE);
+        check_plans(BASE, cases);
+    }
+
+    #[test]
+    fn a_reload_restarts_the_page_only_when_http_changed() {
+        let running = format!("{BASE}\n[http]\nlisten = \"127.0.0.1:8587\"\n");
+        let cases: &[(&str, String, Expected)] = &[
+            ("unchanged", running.clone(), NOTHING),
+            (
+                "another port: the new one is bound beside the old",
+                running.replace("8587", "8588"),
+                Expected {
+                    restart_page: true,
+                    ..NOTHING
+                },
+            ),
+            (
+                "a token on the same address: bound once the old one closed",
+                format!("{running}token = \"s3cret\"\n"),
+                Expected {
+                    restart_page: true,
+                    page_keeps_address: true,
+                    ..NOTHING
+                },
+            ),
+            (
+                "[http] removed: the page stops",
+                BASE.to_string(),
+                Expected {
+                    restart_page: true,
+                    ..NOTHING
+                },
+            ),
+        ];
+        check_plans(&running, cases);
+    }
+
+    fn check_plans(running: &str, cases: &[(&str, String, Expected)]) {
+        let running = settings(running);
         for (what, text, expected) in cases {
             let got = plan(Some(&running), &settings(text));
             let want = Plan {
@@ -994,6 +1077,8 @@ path = "/var/lib/epm-agent/export"
                 stop_sinks: names(expected.stop_sinks),
                 start_sinks: names(expected.start_sinks),
                 restart_housekeeping: expected.restart_housekeeping,
+                restart_page: expected.restart_page,
+                page_keeps_address: expected.page_keeps_address,
                 at_next_start: expected.at_next_start.to_vec(),
             };
             assert_eq!(got, want, "{what}");

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use epm_agent::event::{format_timestamp, Event, EventBody, PressFields};
@@ -499,6 +500,83 @@ fn a_page_port_in_use_stops_the_start_saying_so() {
         )) && stderr.contains("choose another listen port"),
         "{stderr}"
     );
+}
+
+/// SIGHUP applies `[http]` like the rest: the page comes up when the table
+/// is added, takes a token on the same port, moves to another port (the
+/// old one closes), and goes when the table goes; the agent keeps running.
+#[test]
+fn a_reload_starts_moves_and_stops_the_page() {
+    let dir = TestDir::new();
+    let (first, second) = (free_port(), free_port());
+    let config = dir.path().join("agent.toml");
+    let base = format!(
+        "[agent]\nid = \"t\"\ndata_dir = \"{}\"\n\n[[device]]\nname = \"sim\"\nmodel = \"simulator\"\n",
+        dir.data_dir().display()
+    );
+    std::fs::write(&config, &base).expect("config");
+    let mut agent = dir.spawn_agent(&config);
+    let health = |port: u16| format!("http://127.0.0.1:{port}/health");
+    let answers = |port: u16, authorization: Option<&'static str>, expected: u16| {
+        let url = health(port);
+        dir.wait_until(
+            UP_TIMEOUT,
+            &format!("{url} answering {expected}"),
+            || match try_get(&url, authorization) {
+                Ok((status, _)) if status == expected => Ok(()),
+                Ok((status, body)) => Err(format!("{status}: {body}")),
+                Err(error) => Err(error),
+            },
+        );
+    };
+    let closed = |port: u16| {
+        let url = health(port);
+        dir.wait_until(UP_TIMEOUT, &format!("{url} closed"), || {
+            match try_get(&url, None) {
+                Err(_) => Ok(()),
+                Ok((status, _)) => Err(format!("still answers {status}")),
+            }
+        });
+    };
+    dir.wait_until(UP_TIMEOUT, "the agent running", || {
+        let stderr = std::fs::read_to_string(dir.path().join("agent-0.stderr")).unwrap_or_default();
+        stderr
+            .contains("configuration applied")
+            .then_some(())
+            .ok_or(stderr)
+    });
+    closed(first);
+
+    std::fs::write(
+        &config,
+        format!("{base}\n[http]\nlisten = \"127.0.0.1:{first}\"\n"),
+    )
+    .expect("config");
+    agent.signal(Signal::SIGHUP);
+    answers(first, None, 200);
+
+    std::fs::write(
+        &config,
+        format!("{base}\n[http]\nlisten = \"127.0.0.1:{first}\"\ntoken = \"reload-token-77\"\n"),
+    )
+    .expect("config");
+    agent.signal(Signal::SIGHUP);
+    answers(first, None, 401);
+    answers(first, Some("Bearer reload-token-77"), 200);
+
+    std::fs::write(
+        &config,
+        format!("{base}\n[http]\nlisten = \"127.0.0.1:{second}\"\n"),
+    )
+    .expect("config");
+    agent.signal(Signal::SIGHUP);
+    answers(second, None, 200);
+    closed(first);
+
+    std::fs::write(&config, &base).expect("config");
+    agent.signal(Signal::SIGHUP);
+    closed(second);
+    agent.assert_running();
 }
 
 // ---------------------------------------------------------------------------
