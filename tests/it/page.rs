@@ -546,35 +546,25 @@ fn a_reload_starts_moves_and_stops_the_page() {
             .ok_or(stderr)
     });
     closed(first);
+    let reload = |http: &str| {
+        std::fs::write(&config, format!("{base}{http}")).expect("config");
+        agent.signal(Signal::SIGHUP);
+    };
 
-    std::fs::write(
-        &config,
-        format!("{base}\n[http]\nlisten = \"127.0.0.1:{first}\"\n"),
-    )
-    .expect("config");
-    agent.signal(Signal::SIGHUP);
+    reload(&format!("\n[http]\nlisten = \"127.0.0.1:{first}\"\n"));
     answers(first, None, 200);
 
-    std::fs::write(
-        &config,
-        format!("{base}\n[http]\nlisten = \"127.0.0.1:{first}\"\ntoken = \"reload-token-77\"\n"),
-    )
-    .expect("config");
-    agent.signal(Signal::SIGHUP);
+    reload(&format!(
+        "\n[http]\nlisten = \"127.0.0.1:{first}\"\ntoken = \"reload-token-77\"\n"
+    ));
     answers(first, None, 401);
     answers(first, Some("Bearer reload-token-77"), 200);
 
-    std::fs::write(
-        &config,
-        format!("{base}\n[http]\nlisten = \"127.0.0.1:{second}\"\n"),
-    )
-    .expect("config");
-    agent.signal(Signal::SIGHUP);
+    reload(&format!("\n[http]\nlisten = \"127.0.0.1:{second}\"\n"));
     answers(second, None, 200);
     closed(first);
 
-    std::fs::write(&config, &base).expect("config");
-    agent.signal(Signal::SIGHUP);
+    reload("");
     closed(second);
     agent.assert_running();
 }
