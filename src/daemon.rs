@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::Utc;
 use std::sync::Arc;
 
@@ -48,6 +47,31 @@ const STOP_EVENT_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Unusable(String);
+
+/// Why the daemon cannot start, or why it stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration cannot be used as it is: `run` exits 2.
+    #[error(transparent)]
+    Unusable(#[from] Unusable),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] sink::SinkError),
+    #[error(transparent)]
+    Page(#[from] page::PageError),
+    #[error("[http] token: {0}")]
+    PageToken(String),
+    #[error("device {device}: its duplicate window is out of range")]
+    DuplicateWindow { device: String },
+    /// A task stopped on a store error; the agent stops with it.
+    #[error("{task}: {source}")]
+    TaskFailed { task: String, source: StoreError },
+    #[error("the store writer panicked")]
+    WriterPanicked,
+}
 
 /// Checks that `data_dir` can hold this agent's store and takes its lock,
 /// before anything is written: a problem is one clear message, and no
@@ -158,7 +182,7 @@ fn current_user() -> String {
 }
 
 /// Runs the agent until `shutdown` is cancelled, with no reloads.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let (_reload, reloads) = mpsc::unbounded_channel();
     supervise(None, settings, shutdown, reloads).await
 }
@@ -171,7 +195,7 @@ pub async fn serve(
     settings: Settings,
     shutdown: CancellationToken,
     reloads: mpsc::UnboundedReceiver<()>,
-) -> anyhow::Result<()> {
+) -> Result<(), DaemonError> {
     supervise(Some(config_path), settings, shutdown, reloads).await
 }
 
@@ -217,7 +241,7 @@ async fn supervise(
     settings: Settings,
     shutdown: CancellationToken,
     mut reloads: mpsc::UnboundedReceiver<()>,
-) -> anyhow::Result<()> {
+) -> Result<(), DaemonError> {
     let data_dir = settings.agent.data_dir.clone();
     // Held until this returns: one agent per data_dir.
     let _lock = take_data_dir(&data_dir)?;
@@ -283,7 +307,7 @@ async fn supervise(
             }
             Some((name, error)) = failed.recv() => {
                 tracing::error!(task = %name, "stopped: {error}");
-                failure = Some(anyhow::anyhow!("{name}: {error}"));
+                failure = Some(DaemonError::TaskFailed { task: name, source: error });
                 break;
             }
         }
@@ -301,8 +325,8 @@ async fn supervise(
     // The writer commits everything queued, then ends when the last handle is gone.
     let lost = tokio::task::spawn_blocking(move || writer_thread.join())
         .await
-        .context("waiting for the store writer")?
-        .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;
+        .map_err(|_| DaemonError::WriterPanicked)?
+        .map_err(|_| DaemonError::WriterPanicked)?;
     stopped?;
     if lost == 0 {
         tracing::info!("stopped; everything read was committed");
@@ -419,7 +443,7 @@ struct Prepared {
     page: Option<page::Listener>,
 }
 
-async fn prepare(plan: &Plan, new: &Settings) -> anyhow::Result<Prepared> {
+async fn prepare(plan: &Plan, new: &Settings) -> Result<Prepared, DaemonError> {
     let agent = AgentInfo::new(&new.agent);
     let mut transports = HashMap::new();
     for sink in new
@@ -431,16 +455,18 @@ async fn prepare(plan: &Plan, new: &Settings) -> anyhow::Result<Prepared> {
     }
     let mut windows = HashMap::new();
     for device in &new.devices {
-        let window = chrono::Duration::from_std(device.model.duplicate_window())
-            .context("duplicate window out of range")?;
+        let window = chrono::Duration::from_std(device.model.duplicate_window()).map_err(|_| {
+            DaemonError::DuplicateWindow {
+                device: device.name.clone(),
+            }
+        })?;
         windows.insert(device.name.clone(), window);
     }
     let mut page = None;
     if let (true, Some(http)) = (plan.restart_page, &new.http) {
         if plan.page_keeps_address {
             // Bound after the running page closes; its token is read now.
-            crate::sink::secret::resolve(&http.token, "token")
-                .map_err(|message| anyhow::anyhow!("[http] token: {message}"))?;
+            crate::sink::secret::resolve(&http.token, "token").map_err(DaemonError::PageToken)?;
         } else {
             page = Some(page::Listener::bind(http).await?);
         }
@@ -503,7 +529,7 @@ impl Supervisor {
     /// Brings the running tasks in line with `new`: everything that can
     /// fail is prepared before anything running is stopped, so a reload
     /// that cannot be applied leaves all running.
-    async fn apply(&mut self, new: Settings) -> anyhow::Result<()> {
+    async fn apply(&mut self, new: Settings) -> Result<(), DaemonError> {
         let plan = plan(self.settings.as_ref(), &new);
         let prepared = prepare(&plan, &new).await?;
         self.carry_out(plan, prepared, new).await
@@ -516,7 +542,7 @@ impl Supervisor {
         plan: Plan,
         mut prepared: Prepared,
         mut new: Settings,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), DaemonError> {
         if let Some(running) = &self.settings {
             for later in &plan.at_next_start {
                 match later {

@@ -251,7 +251,12 @@ fn main() -> ExitCode {
             }
             match run(config_path, settings) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(error) if error.downcast_ref::<daemon::Unusable>().is_some() => {
+                Err(error)
+                    if matches!(
+                        error.downcast_ref::<daemon::DaemonError>(),
+                        Some(daemon::DaemonError::Unusable(_))
+                    ) =>
+                {
                     eprintln!("epm-agent: {error}");
                     ExitCode::from(EXIT_BAD_CONFIG)
                 }
@@ -317,7 +322,7 @@ fn run(config_path: PathBuf, settings: Settings) -> anyhow::Result<()> {
         });
         let (reload, reloads) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(daemon::forward_reload_signals(reload));
-        daemon::serve(config_path, settings, shutdown, reloads).await
+        Ok(daemon::serve(config_path, settings, shutdown, reloads).await?)
     })
 }
 

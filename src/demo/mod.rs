@@ -574,10 +574,10 @@ async fn sleep_or_forever(duration: Option<Duration>) {
 }
 
 /// Why the agent ended while the demo was still running.
-fn agent_ended(joined: Result<anyhow::Result<()>, JoinError>) -> anyhow::Error {
+fn agent_ended(joined: Result<Result<(), daemon::DaemonError>, JoinError>) -> anyhow::Error {
     match joined {
         Ok(Ok(())) => anyhow::anyhow!("the agent stopped on its own"),
-        Ok(Err(error)) => error.context("the agent failed"),
+        Ok(Err(error)) => anyhow::Error::new(error).context("the agent failed"),
         Err(error) => anyhow::anyhow!("the agent panicked: {error}"),
     }
 }
