@@ -468,7 +468,9 @@ mod tests {
         let messages = check(hardware, Duration::from_secs(60)).await;
         let presses = presses(&messages);
         assert!(!presses.is_empty(), "no press in 60 s");
-        assert_eq!(presses.len() % 3, 0, "{presses:?}");
+        // The copies are 100 ms apart, so the listening deadline may fall
+        // between the copies of the last press: only that one may be short.
+        // (Two copies per press would put two presses into a chunk of three.)
         for copies in presses.chunks(3) {
             assert!(copies.iter().all(|copy| *copy == copies[0]), "{copies:?}");
             assert!(remotes.contains(&copies[0].unit), "{copies:?}");
