@@ -518,15 +518,7 @@ mod daemon {
         let data_dir = mount.join("data");
         let socket_path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[agent]\nid = \"t\"\ndata_dir = \"{}\"\n\n[[device]]\nname = \"sim\"\nmodel = \"simulator\"\nsim_presses_per_min = 600\n",
-                data_dir.display()
-            ),
-        )
-        .expect("config");
+        let config = crate::support::simulator_config(dir.path(), &data_dir, "");
         let agent_log = File::create(dir.path().join("agent.log")).expect("log file");
         let mut agent = Agent(
             Command::new(env!("CARGO_BIN_EXE_epm-agent"))

@@ -355,16 +355,11 @@ fn health_turns_503_while_the_store_cannot_be_written_and_200_when_it_can_again(
     let _unmount = crate::disk_full::Unmount(mount.clone());
     let data_dir = mount.join("data");
     let port = free_port();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nid = \"t\"\ndata_dir = \"{}\"\n\n[[device]]\nname = \"sim\"\nmodel = \"simulator\"\nsim_presses_per_min = 600\n\n\
-             [http]\nlisten = \"127.0.0.1:{port}\"\n",
-            data_dir.display()
-        ),
-    )
-    .expect("config");
+    let config = support::simulator_config(
+        dir.path(),
+        &data_dir,
+        &format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
     let _agent = dir.spawn_agent(&config);
     let url = format!("http://127.0.0.1:{port}/health");
     let url = &url;

@@ -386,21 +386,6 @@ fn no_store_or_no_config_is_unknown() {
     assert_eq!(output.status.code(), Some(3));
 }
 
-/// `<dir>/agent.toml`: one simulator pressing 10 times a second, its store
-/// in `data_dir`.
-fn simulator_config(dir: &Path, data_dir: &Path) -> PathBuf {
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nid = \"t\"\ndata_dir = \"{}\"\n\n[[device]]\nname = \"sim\"\nmodel = \"simulator\"\nsim_presses_per_min = 600\n",
-            data_dir.display()
-        ),
-    )
-    .expect("config");
-    config
-}
-
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -412,7 +397,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn a_real_daemon_is_seen_running_and_then_dead() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = simulator_config(dir.path(), &dir.path().join("data"));
+    let config = crate::support::simulator_config(dir.path(), &dir.path().join("data"), "");
     let status = |config: &Path| -> (i32, Value) {
         let output = Command::new(env!("CARGO_BIN_EXE_epm-agent"))
             .args(["status", "--json", "--config"])
@@ -476,7 +461,7 @@ fn status_works_for_the_service_group_and_says_why_for_anyone_else() {
     nix::unistd::chown(&home, Some(SERVICE_USER.into()), Some(SERVICE_GROUP.into()))
         .expect("chown");
     let data_dir = home.join("epm-agent");
-    let config = simulator_config(dir.path(), &data_dir);
+    let config = crate::support::simulator_config(dir.path(), &data_dir, "");
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let as_user = |user: u32, group: u32, groups: Option<u32>| {
         let mut command = Command::new("setpriv");

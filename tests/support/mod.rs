@@ -485,6 +485,21 @@ pub struct DeviceRow {
 }
 
 /// Opens the store read-only (it is WAL: reading never blocks the agent).
+/// `<dir>/agent.toml`: one simulator pressing 10 times a second, its store
+/// in `data_dir`, then `more` (further tables).
+pub fn simulator_config(dir: &Path, data_dir: &Path, more: &str) -> PathBuf {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nid = \"t\"\ndata_dir = \"{}\"\n\n[[device]]\nname = \"sim\"\nmodel = \"simulator\"\nsim_presses_per_min = 600\n{more}",
+            data_dir.display()
+        ),
+    )
+    .expect("config");
+    config
+}
+
 pub fn open_store(data_dir: &Path) -> Result<Connection, String> {
     let path = data_dir.join("epm-agent.db");
     if !path.exists() {
